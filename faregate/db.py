@@ -1,0 +1,59 @@
+"""Database engines and migrations (SQLAlchemy 2 async, Alembic).
+
+Each service owns its tables and its own Alembic history (``migrations/<service>/``, with
+its own version table), and upgrades it at start-up. SQLite is the embedded default; it is
+put in WAL mode with a busy timeout so readers never block the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(service: str, url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS / service))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.set_main_option("version_table", f"alembic_version_{service}")
+    cfg.set_main_option("service", service)
+    return cfg
+
+
+def upgrade(service: str, url: str) -> None:
+    """Bring ``service``'s tables to the newest revision (blocking)."""
+    command.upgrade(alembic_config(service, url), "head")
+
+
+async def upgrade_async(service: str, url: str) -> None:
+    # Alembic's env runs its own event loop; give it a thread.
+    await asyncio.to_thread(upgrade, service, url)

@@ -1,0 +1,134 @@
+"""The usage stream: declared once, published with message id = request id.
+
+The router publishes :class:`UsageRecord` protobufs through :class:`UsagePublisher`, off the
+client's path: records are queued in memory and published concurrently in batches, each
+awaiting its JetStream ack; a failed publish is retried until NATS takes it (JetStream's
+duplicate window plus billing's idempotent insert make retries harmless). Billing reads the
+stream with a durable pull consumer (services/billing/consumer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from faregate.pb.events.v1.usage_pb2 import UsageRecord
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_WINDOW_S = 120.0
+
+
+@dataclass(frozen=True)
+class UsageStream:
+    name: str
+    subject: str
+
+    @property
+    def dead_letter_subject(self) -> str:
+        return f"{self.subject}.dead"
+
+    def config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.name,
+            subjects=[self.subject, self.dead_letter_subject],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=30 * 24 * 3600,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
+
+
+async def connect(url: str, *, name: str, attempts: int = 60) -> NATS:
+    """Connect, waiting for a NATS server that is still starting (up to ``attempts`` × 0.5 s)."""
+    for attempt in range(attempts):
+        try:
+            return await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+            )
+        except (OSError, nats.errors.NoServersError, TimeoutError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+async def ensure_stream(js: JetStreamContext, stream: UsageStream) -> None:
+    try:
+        await js.stream_info(stream.name)
+    except NotFoundError:
+        await js.add_stream(stream.config())
+
+
+class UsagePublisher:
+    """Queues usage records and publishes them to JetStream in the background."""
+
+    def __init__(self, js: JetStreamContext, stream: UsageStream, *, max_in_flight: int = 256) -> None:
+        self._js = js
+        self._stream = stream
+        self._queue: asyncio.Queue[UsageRecord] = asyncio.Queue()
+        self._max_in_flight = max_in_flight
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-publisher")
+
+    def submit(self, record: UsageRecord) -> None:
+        """Hand a record over; never blocks the request that produced it."""
+        self._queue.put_nowait(record)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Publish what is queued (up to ``timeout``), then stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+        if self._queue.qsize():
+            log.error("usage publisher stopped with %d records unpublished", self._queue.qsize())
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_in_flight and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await asyncio.gather(*(self._publish(r) for r in batch))
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _publish(self, record: UsageRecord) -> None:
+        payload = record.SerializeToString()
+        delay = 0.1
+        while True:
+            try:
+                await self._js.publish(
+                    self._stream.subject,
+                    payload,
+                    timeout=5,
+                    headers={"Nats-Msg-Id": record.request_id},
+                )
+                self.published += 1
+                return
+            except Exception as exc:  # NATS down or slow: keep the record, retry
+                log.warning("usage publish for %s failed (%s); retrying", record.request_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

@@ -1,0 +1,151 @@
+"""gRPC plumbing shared by every service: servers, channels, and the error boundary."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from faregate.errors import FaregateError, from_metadata
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_OPTIONS = [
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns a raised FaregateError into a gRPC status plus Faregate trailing metadata.
+
+    Anything else is a bug: logged with its traceback, answered as a bare INTERNAL.
+    Wrapped handlers are cached per method so the per-call cost is one dict lookup.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        wrapped = _wrap(handler, method)
+        self._cache[method] = wrapped
+        return wrapped
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner(request, context)
+            except FaregateError as exc:
+                await _abort(context, exc)
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream is not None:
+        inner_stream = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in inner_stream(request, context):
+                    yield item
+            except FaregateError as exc:
+                await _abort(context, exc)
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+    return handler
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: FaregateError) -> None:
+    await context.abort(exc.grpc_code, exc.message, trailing_metadata=exc.metadata())
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError) -> FaregateError:
+    """The FaregateError a peer raised, rebuilt on the calling side."""
+    return from_metadata(exc.details() or "", exc.trailing_metadata() or (), fallback=exc.code())
+
+
+async def start_server(
+    addr: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Iterable[str],
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A started grpc.aio server with our interceptor, health service and reflection."""
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    if server.add_insecure_port(addr) == 0:
+        raise OSError(f"cannot listen on {addr}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer
+
+
+def channel_target(addrs: str) -> str:
+    """A gRPC target for one address or a comma-separated list of replicas."""
+    parts = [a.strip() for a in addrs.split(",") if a.strip()]
+    if all(_is_ip_literal(p) for p in parts):
+        scheme = "ipv6" if any(p.startswith("[") for p in parts) else "ipv4"
+        return f"{scheme}:{','.join(parts)}"
+    if len(parts) == 1:
+        return f"dns:///{parts[0]}"
+    raise ValueError(f"replica lists must be IP addresses: {addrs!r} (use one DNS name instead)")
+
+
+def _is_ip_literal(addr: str) -> bool:
+    host = addr.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def insecure_channel(addrs: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(channel_target(addrs), options=_CHANNEL_OPTIONS)
+
+
+async def check_health(channel: grpc.aio.Channel, timeout: float = 1.0) -> str:
+    """The peer's grpc.health.v1 status name, or UNREACHABLE."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+    except grpc.aio.AioRpcError:
+        return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

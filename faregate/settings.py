@@ -1,0 +1,109 @@
+"""Typed settings, read from FAREGATE_* environment variables at start-up (never at import).
+
+Each service builds the settings class it needs in its ``serve()``; secrets are
+``SecretStr`` so they never appear in logs or reprs. Secrets that are not given are made
+once and kept under the home directory (``.faregate/`` by default), readable only by the
+owner, so every process of one installation agrees on them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_AUTH_ADDR = "127.0.0.1:50051"
+DEFAULT_ROUTER_ADDR = "127.0.0.1:50052"
+DEFAULT_BILLING_ADDR = "127.0.0.1:50053"
+
+
+class Settings(BaseSettings):
+    """What every service shares."""
+
+    model_config = SettingsConfigDict(env_prefix="FAREGATE_", extra="ignore")
+
+    home: Path = Path(".faregate")
+    log_level: str = "INFO"
+    auth_addr: str = DEFAULT_AUTH_ADDR
+    router_addr: str = DEFAULT_ROUTER_ADDR
+    billing_addr: str = DEFAULT_BILLING_ADDR
+    nats_url: str | None = None
+    usage_stream: str = "FAREGATE_USAGE"
+    usage_subject: str = "faregate.usage.v1"
+    redis_url: str | None = None
+
+    def secret(self, name: str, given: SecretStr | None) -> SecretStr:
+        """The given secret, or the one kept in ``home/name`` (made on first use)."""
+        return given if given is not None else SecretStr(load_or_create_secret(self.home / name))
+
+    def bind_addr(self, addrs: str) -> str:
+        """The address this replica listens on: the first of a comma-separated list."""
+        return addrs.split(",")[0].strip()
+
+
+class DatabaseSettings(Settings):
+    database_url: str | None = None
+
+    def database_url_for(self, service: str) -> str:
+        """The configured URL, or a SQLite file per service under the home directory."""
+        if self.database_url:
+            return self.database_url
+        self.home.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{(self.home / f'{service}.db').resolve()}"
+
+
+class AuthSettings(DatabaseSettings):
+    key_secret: SecretStr | None = None  # HMAC key for API-key hashes
+
+    def hmac_key(self) -> bytes:
+        return self.secret("key_secret", self.key_secret).get_secret_value().encode()
+
+
+class BillingSettings(DatabaseSettings):
+    consumer_batch: int = 256
+    consumer_max_wait: float = 0.05  # seconds a fetch may wait to fill a batch
+
+
+class RouterSettings(Settings):
+    config: Path | None = None
+    upstream_connect_timeout: float = 10.0
+    upstream_timeout: float = 600.0
+    upstream_pool_size: int = 512
+
+
+class EdgeSettings(Settings):
+    http_addr: str = "127.0.0.1:8080"
+    admin_token: SecretStr | None = None
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    def admin_secret(self) -> str:
+        return self.secret("admin_token", self.admin_token).get_secret_value()
+
+
+def load_or_create_secret(path: Path) -> str:
+    """Read a secret file, creating it atomically with a random value if missing."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    try:
+        os.link(tmp, path)  # fails if another process won the race; theirs stands
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)

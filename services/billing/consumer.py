@@ -1,0 +1,133 @@
+"""The ledger's JetStream consumer: durable, pull-based, ack only after commit.
+
+Records are fetched in batches and applied in one transaction; a batch is acknowledged only
+when its transaction has committed, so a crash at any point means redelivery, and
+redelivery is a no-op (the ledger is idempotent on request id). A message that cannot be
+decoded or applied on its own goes to the dead-letter subject with its reason and is
+counted; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from faregate.events import UsageStream
+from faregate.pb.events.v1.usage_pb2 import UsageRecord
+from services.billing.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+DURABLE = "billing-ledger"
+
+
+@dataclass
+class ConsumerStats:
+    connected: bool = False
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+
+class UsageConsumer:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: UsageStream,
+        ledger: Ledger,
+        *,
+        batch: int = 256,
+        max_wait: float = 0.05,
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._ledger = ledger
+        self._batch = batch
+        self._max_wait = max_wait
+        self.stats = ConsumerStats()
+
+    async def run(self) -> None:
+        sub = await self._js.pull_subscribe(
+            self._stream.subject,
+            durable=DURABLE,
+            stream=self._stream.name,
+            config=ConsumerConfig(
+                durable_name=DURABLE,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30,
+                max_ack_pending=20_000,
+                filter_subject=self._stream.subject,
+            ),
+        )
+        self.stats.connected = True
+        while True:
+            try:
+                msgs = await sub.fetch(self._batch, timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # NATS restarting: wait and fetch again
+                self.stats.connected = False
+                log.warning("usage fetch failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            self.stats.connected = True
+            await self.handle(msgs)
+            if len(msgs) < self._batch:
+                await asyncio.sleep(self._max_wait)  # let the next batch fill: metering is off the client path
+
+    async def handle(self, msgs: list[Msg]) -> None:
+        records: list[UsageRecord] = []
+        good: list[Msg] = []
+        for msg in msgs:
+            record = UsageRecord()
+            try:
+                record.ParseFromString(msg.data)
+            except DecodeError:
+                await self._dead_letter(msg, "malformed UsageRecord")
+                continue
+            problem = _invalid(record)
+            if problem:
+                await self._dead_letter(msg, problem)
+                continue
+            records.append(record)
+            good.append(msg)
+        if not records:
+            return
+        try:
+            result = await self._ledger.apply_usage(records)
+        except Exception:
+            log.exception("applying %d usage records failed; they will be redelivered", len(records))
+            for msg in good:
+                await msg.nak(delay=1.0)
+            return
+        self.stats.applied += result.applied
+        self.stats.duplicates += result.duplicates
+        for msg in good:
+            await msg.ack()
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        await self._js.publish(
+            self._stream.dead_letter_subject,
+            msg.data,
+            headers={"Faregate-Reason": reason, "Faregate-Subject": msg.subject},
+        )
+        await msg.ack()
+        self.stats.dead_lettered += 1
+        log.error("usage record dead-lettered: %s", reason)
+
+
+def _invalid(r: UsageRecord) -> str | None:
+    if not r.request_id:
+        return "UsageRecord without request_id"
+    if not r.account_id:
+        return "UsageRecord without account_id"
+    if r.cost_micros < 0 or r.prompt_tokens < 0 or r.completion_tokens < 0:
+        return "UsageRecord with negative cost or tokens"
+    return None

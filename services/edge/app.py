@@ -1,0 +1,53 @@
+"""The edge: FastAPI app factory and its uvicorn server. It holds no business state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from faregate.settings import EdgeSettings, split_host_port
+from services.edge import errors
+from services.edge.clients import Clients
+from services.edge.context import EdgeContext
+from services.edge.routes import admin, chat, health, models
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: EdgeSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        clients = Clients.connect(settings)
+        try:
+            yield {"edge": EdgeContext(settings, clients, settings.admin_secret())}
+        finally:
+            await clients.close()
+
+    app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    errors.install(app)
+    for module in (chat, models, admin, health):
+        app.include_router(module.router)
+    return app
+
+
+async def serve(settings: EdgeSettings) -> None:
+    host, port = split_host_port(settings.http_addr)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    log.info("edge listening on http://%s:%d", host, port)
+    await uvicorn.Server(config).serve()

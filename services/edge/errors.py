@@ -1,0 +1,61 @@
+"""The edge's error boundary: every failure leaves as OpenAI's error object.
+
+Faregate errors keep their status and type; FastAPI's own validation and routing errors
+are mapped to ``invalid_request`` / ``not_found``; anything else is a bug, logged with the
+request id and answered as ``internal_error`` without a trace.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from faregate.errors import FaregateError, InvalidRequest, NotFound
+
+log = logging.getLogger(__name__)
+
+
+def error_response(exc: FaregateError, request_id: str | None = None) -> Response:
+    headers = exc.headers()
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return Response(orjson.dumps(exc.body()), status_code=exc.status, headers=headers, media_type="application/json")
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(FaregateError)
+    async def faregate_error(request: Request, exc: FaregateError) -> Response:
+        if exc.status >= 500:
+            log.warning("request %s failed: %s %s", _request_id(request), exc.error_type, exc.message)
+        return error_response(exc, _request_id(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            msg = "request body is not valid JSON"
+        return error_response(InvalidRequest(msg, param=".".join(loc) or None), _request_id(request))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            err: FaregateError = NotFound(f"no route {request.method} {request.url.path}")
+        else:
+            err = InvalidRequest(str(exc.detail), http_status=exc.status_code)
+        return error_response(err, _request_id(request))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error in request %s", _request_id(request))
+        return error_response(FaregateError("internal error"), _request_id(request))

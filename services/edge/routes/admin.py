@@ -1,0 +1,150 @@
+"""The admin API (DESIGN.md): accounts, keys and credit, behind the admin token."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from faregate.errors import AuthenticationFailed, InvalidRequest
+from faregate.money import micros_to_usd, usd_to_micros
+from faregate.pb.auth.v1 import auth_pb2
+from faregate.pb.billing.v1 import billing_pb2
+from services.edge.clients import unary
+from services.edge.context import bearer, edge
+from services.edge.routes.responses import json_response
+
+_MODES = {"live": auth_pb2.KEY_MODE_LIVE, "test": auth_pb2.KEY_MODE_TEST}
+_MODE_NAMES = {v: k for k, v in _MODES.items()}
+
+
+def require_admin(request: Request) -> None:
+    token = bearer(request)
+    if not token or not hmac.compare_digest(token.encode(), edge(request).admin_token.encode()):
+        raise AuthenticationFailed("admin token required", code="invalid_admin_token")
+
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+B = TypeVar("B", bound=_Body)
+
+
+async def parse(request: Request, model: type[B]) -> B:
+    """The JSON body as ``model``, whatever Content-Type the client sent (curl -d sends a form type)."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        msg = "request body is not valid JSON" if first["type"] == "json_invalid" else first["msg"]
+        raise InvalidRequest(f"{where}: {msg}" if where else msg, param=where) from None
+
+
+class NewAccount(_Body):
+    name: str = Field(min_length=1, max_length=200)
+    plan: str = "basic"
+
+
+class NewKey(_Body):
+    name: str = Field(default="", max_length=200)
+    mode: Literal["live", "test"] = "live"
+    expires_at: int | None = Field(default=None, gt=0, description="Unix seconds")
+
+
+class NewCredit(_Body):
+    amount_usd: float = Field(gt=0, le=1_000_000)
+    note: str = Field(default="", max_length=400)
+
+
+def key_json(k: auth_pb2.ApiKey) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "object": "api_key",
+        "account_id": k.account_id,
+        "name": k.name,
+        "mode": _MODE_NAMES.get(k.mode, "live"),
+        "masked": k.masked,
+        "status": k.status,
+        "created": k.created_at,
+        "last_used": k.last_used_at or None,
+        "expires_at": k.expires_at or None,
+    }
+
+
+def account_json(a: auth_pb2.Account, wallet: billing_pb2.Wallet | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": a.id,
+        "object": "account",
+        "name": a.name,
+        "plan": a.plan,
+        "created": a.created_at,
+    }
+    if wallet is not None:
+        body["balance_usd"] = micros_to_usd(wallet.balance_micros)
+        body["keys"] = [key_json(k) for k in a.keys]
+    return body
+
+
+@router.post("/accounts", status_code=201)
+async def create_account(request: Request) -> Response:
+    body = await parse(request, NewAccount)
+    account = await unary(
+        edge(request).clients.auth.CreateAccount,
+        auth_pb2.CreateAccountRequest(name=body.name, plan=body.plan),
+    )
+    return json_response(account_json(account), 201)
+
+
+@router.get("/accounts/{account_id}")
+async def get_account(request: Request, account_id: str) -> Response:
+    clients = edge(request).clients
+    account = await unary(clients.auth.GetAccount, auth_pb2.GetAccountRequest(account_id=account_id, include_keys=True))
+    wallet = await unary(clients.billing.GetWallet, billing_pb2.GetWalletRequest(account_id=account.id))
+    return json_response(account_json(account, wallet))
+
+
+@router.post("/accounts/{account_id}/keys", status_code=201)
+async def create_key(request: Request, account_id: str) -> Response:
+    body = await parse(request, NewKey)
+    created = await unary(
+        edge(request).clients.auth.CreateKey,
+        auth_pb2.CreateKeyRequest(
+            account_id=account_id,
+            name=body.name,
+            mode=_MODES[body.mode],
+            expires_at=body.expires_at or 0,
+        ),
+    )
+    return json_response({**key_json(created.key), "key": created.secret}, 201)
+
+
+@router.post("/accounts/{account_id}/credit")
+async def credit(request: Request, account_id: str) -> Response:
+    body = await parse(request, NewCredit)
+    clients = edge(request).clients
+    account = await unary(clients.auth.GetAccount, auth_pb2.GetAccountRequest(account_id=account_id))
+    wallet = await unary(
+        clients.billing.Credit,
+        billing_pb2.CreditRequest(
+            account_id=account.id,
+            amount_micros=usd_to_micros(body.amount_usd),
+            note=body.note,
+        ),
+    )
+    return json_response(
+        {
+            "account_id": account.id,
+            "object": "wallet",
+            "balance_usd": micros_to_usd(wallet.balance_micros),
+            "entries": wallet.entries,
+        }
+    )

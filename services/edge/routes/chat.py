@@ -1,0 +1,103 @@
+"""POST /v1/chat/completions: the hot path.
+
+One auth call, then one router call; the body is relayed as bytes (the router parses it),
+and the answer is relayed as bytes: whole for JSON, chunk by chunk for SSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from faregate.errors import PayloadTooLarge, UpstreamError
+from faregate.grpc import error_from_rpc
+from faregate.pb.auth.v1 import auth_pb2
+from faregate.pb.router.v1 import router_pb2
+from services.edge.clients import unary
+from services.edge.context import bearer, edge, new_request_id
+
+router = APIRouter()
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def rate_limit_headers(reply: auth_pb2.AuthenticateResponse, request_id: str) -> dict[str, str]:
+    headers = {"X-Request-Id": request_id}
+    if reply.HasField("rate_limit"):
+        rl = reply.rate_limit
+        headers["X-RateLimit-Limit"] = str(rl.limit)
+        headers["X-RateLimit-Remaining"] = str(rl.remaining)
+        headers["X-RateLimit-Reset"] = str(rl.reset_at)
+    return headers
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    ctx = edge(request)
+    request.state.request_id = request_id = new_request_id()
+    raw = await request.body()
+    if len(raw) > ctx.settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body is over {ctx.settings.max_body_bytes} bytes")
+    admitted = await unary(
+        ctx.clients.auth.Authenticate,
+        auth_pb2.AuthenticateRequest(
+            api_key=bearer(request),
+            client_ip=request.client.host if request.client else "",
+            request_id=request_id,
+        ),
+    )
+    call = ctx.clients.router.ChatCompletion(
+        router_pb2.CompletionRequest(
+            request_id=request_id,
+            caller=router_pb2.Caller(
+                account_id=admitted.account_id,
+                key_id=admitted.key_id,
+                billable=admitted.billable,
+                test_mode=admitted.mode == auth_pb2.KEY_MODE_TEST,
+                max_tokens_cap=admitted.max_tokens_cap,
+            ),
+            body=raw,
+        )
+    )
+    headers = rate_limit_headers(admitted, request_id)
+    try:
+        start = await call.read()
+        if start is grpc.aio.EOF or start.WhichOneof("kind") != "start":
+            raise UpstreamError("the router ended the call without an answer")
+        if not start.start.stream:
+            answer = await call.read()
+            if answer is grpc.aio.EOF or answer.WhichOneof("kind") != "data":
+                raise UpstreamError("the router ended the call without an answer")
+            return Response(answer.data, media_type="application/json", headers=headers)
+    except grpc.aio.AioRpcError as exc:
+        raise error_from_rpc(exc) from None
+    headers["Cache-Control"] = "no-cache"
+    headers["X-Accel-Buffering"] = "no"
+    return StreamingResponse(relay(call), media_type="text/event-stream", headers=headers)
+
+
+async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[bytes]:
+    """SSE out of router chunks; a failure after the first byte becomes an error event."""
+    try:
+        while (chunk := await call.read()) is not grpc.aio.EOF:
+            if chunk.WhichOneof("kind") == "data":
+                yield b"data: " + chunk.data + b"\n\n"
+            elif chunk.WhichOneof("kind") == "error":
+                err = chunk.error
+                yield _error_event(err.type, err.message, err.code or None)
+                return
+        yield _DONE
+    except grpc.aio.AioRpcError as exc:
+        failure = error_from_rpc(exc)
+        yield _error_event(failure.error_type, failure.message, failure.code)
+    finally:
+        call.cancel()  # a client that went away stops the upstream call too
+
+
+def _error_event(type_: str, message: str, code: str | None) -> bytes:
+    body = {"error": {"type": type_, "message": message, "code": code, "param": None}}
+    return b"data: " + orjson.dumps(body) + b"\n\n"

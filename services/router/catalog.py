@@ -1,0 +1,186 @@
+"""The model catalog: providers, models, prices and route chains, from FAREGATE_CONFIG.
+
+The YAML format is in DESIGN.md (``providers:`` and ``models:``). A built-in default catalog
+(``default_catalog.yaml`` beside this module) is used when no file is given, and the test
+model ``faregate/echo`` is always present. Prices are USD per 1M tokens in the file and
+integer micro-USD per 1M tokens inside.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from faregate.errors import NotFound
+from faregate.money import usd_to_micros
+
+DEFAULT_CATALOG = Path(__file__).with_name("default_catalog.yaml")
+ECHO_MODEL = "faregate/echo"
+ECHO_PROVIDER = "faregate"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderSpec(_Strict):
+    kind: Literal["openai", "anthropic", "echo"]
+    base_url: str = ""
+    api_key_env: str | None = None
+    name: str | None = None
+
+
+class PricingSpec(_Strict):
+    prompt: float = Field(ge=0)
+    completion: float = Field(ge=0)
+
+
+class RouteSpec(_Strict):
+    provider: str
+    model: str
+
+
+class ModelSpec(_Strict):
+    id: str
+    name: str | None = None
+    categories: list[str] = []
+    context_length: int = Field(default=8192, gt=0)
+    pricing: PricingSpec
+    features: list[str] = []
+    input_modalities: list[str] = ["text"]
+    routes: list[RouteSpec] = Field(min_length=1)
+    test: bool = False
+    guest: bool = False
+
+
+class CatalogSpec(_Strict):
+    providers: dict[str, ProviderSpec] = {}
+    models: list[ModelSpec] = []
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    kind: str
+    base_url: str
+    api_key_env: str | None
+    api_key: str | None
+
+    @property
+    def configured(self) -> bool:
+        """Usable: no key needed (local servers, echo), or its key is set."""
+        return self.api_key_env is None or bool(self.api_key)
+
+
+@dataclass(frozen=True)
+class Route:
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    name: str
+    categories: tuple[str, ...]
+    context_length: int
+    prompt_price: float  # USD per 1M tokens, as configured
+    completion_price: float
+    prompt_price_micros: int  # micro-USD per 1M tokens
+    completion_price_micros: int
+    features: tuple[str, ...]
+    input_modalities: tuple[str, ...]
+    routes: tuple[Route, ...]
+    test: bool
+    guest: bool
+    created: int
+
+    @property
+    def owned_by(self) -> str:
+        return self.routes[0].provider
+
+
+class CatalogError(ValueError):
+    pass
+
+
+class Catalog:
+    def __init__(self, providers: Mapping[str, Provider], models: Mapping[str, Model]) -> None:
+        self.providers = dict(providers)
+        self.models = dict(models)
+
+    def model(self, model_id: str) -> Model:
+        found = self.models.get(model_id)
+        if found is None:
+            raise NotFound(f"model {model_id!r} does not exist", code="model_not_found", param="model")
+        return found
+
+    def list(self, category: str = "") -> list[Model]:
+        return [m for m in self.models.values() if not category or category in m.categories]
+
+
+def load_catalog(path: Path | None = None, env: Mapping[str, str] | None = None) -> Catalog:
+    env = os.environ if env is None else env
+    source = path or DEFAULT_CATALOG
+    try:
+        raw = yaml.safe_load(source.read_text()) or {}
+        spec = CatalogSpec.model_validate(raw)
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise CatalogError(f"cannot load catalog {source}: {exc}") from exc
+    providers = {
+        name: Provider(
+            name,
+            p.kind,
+            p.base_url.rstrip("/"),
+            p.api_key_env,
+            env.get(p.api_key_env) if p.api_key_env else None,
+        )
+        for name, p in spec.providers.items()
+    }
+    providers[ECHO_PROVIDER] = Provider(ECHO_PROVIDER, "echo", "", None, None)
+    created = int(time.time())
+    models: dict[str, Model] = {}
+    for m in [*spec.models, _echo_spec()]:
+        for r in m.routes:
+            if r.provider not in providers:
+                raise CatalogError(f"model {m.id!r} routes to unknown provider {r.provider!r}")
+        if m.id in models:
+            raise CatalogError(f"model {m.id!r} is listed twice")
+        models[m.id] = Model(
+            id=m.id,
+            name=m.name or m.id,
+            categories=tuple(m.categories),
+            context_length=m.context_length,
+            prompt_price=m.pricing.prompt,
+            completion_price=m.pricing.completion,
+            prompt_price_micros=usd_to_micros(m.pricing.prompt),
+            completion_price_micros=usd_to_micros(m.pricing.completion),
+            features=tuple(m.features),
+            input_modalities=tuple(m.input_modalities),
+            routes=tuple(Route(r.provider, r.model) for r in m.routes),
+            test=m.test,
+            guest=m.guest,
+            created=created,
+        )
+    return Catalog(providers, models)
+
+
+def _echo_spec() -> ModelSpec:
+    return ModelSpec(
+        id=ECHO_MODEL,
+        name="Faregate Echo (test model: repeats your last message, free)",
+        categories=["test"],
+        context_length=32768,
+        pricing=PricingSpec(prompt=0, completion=0),
+        features=["streaming"],
+        routes=[RouteSpec(provider=ECHO_PROVIDER, model="echo")],
+        test=True,
+        guest=True,
+    )

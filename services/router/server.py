@@ -1,0 +1,60 @@
+"""Wires the router: catalog, provider adapters, usage publisher, gRPC server."""
+
+from __future__ import annotations
+
+import logging
+
+from faregate import events
+from faregate.grpc import start_server
+from faregate.lifecycle import wait_for_shutdown
+from faregate.pb.router.v1 import router_pb2, router_pb2_grpc
+from faregate.settings import RouterSettings
+from services.router.catalog import Catalog, load_catalog
+from services.router.providers.base import Provider
+from services.router.providers.echo import EchoProvider
+from services.router.providers.openai import OpenAIProvider, make_session
+from services.router.routing import ChatRouter
+from services.router.servicer import RouterServicer
+
+log = logging.getLogger(__name__)
+
+
+def build_providers(catalog: Catalog, settings: RouterSettings) -> tuple[dict[str, Provider], object]:
+    session = make_session(settings.upstream_pool_size, settings.upstream_connect_timeout, settings.upstream_timeout)
+    providers: dict[str, Provider] = {}
+    for name, cfg in catalog.providers.items():
+        if cfg.kind == "openai":
+            providers[name] = OpenAIProvider(cfg, session)
+        elif cfg.kind == "echo":
+            providers[name] = EchoProvider("faregate/echo")
+        else:
+            log.warning("provider %s: kind %r is not supported yet; its models will not route", name, cfg.kind)
+    return providers, session
+
+
+async def serve(settings: RouterSettings) -> None:
+    if not settings.nats_url:
+        raise SystemExit("FAREGATE_NATS_URL is required for the router (faregate up starts a private NATS)")
+    catalog = load_catalog(settings.config)
+    providers, session = build_providers(catalog, settings)
+    nc = await events.connect(settings.nats_url, name="faregate-router")
+    js = nc.jetstream()
+    stream = events.UsageStream(settings.usage_stream, settings.usage_subject)
+    await events.ensure_stream(js, stream)
+    publisher = events.UsagePublisher(js, stream)
+    publisher.start()
+    router = ChatRouter(catalog, providers, publisher.submit)
+    addr = settings.bind_addr(settings.router_addr)
+    server, _ = await start_server(
+        addr,
+        lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router, catalog), s),
+        [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name],
+    )
+    log.info("router listening on %s with %d models", addr, len(catalog.models))
+    try:
+        await wait_for_shutdown()
+    finally:
+        await server.stop(grace=5)
+        await publisher.close()
+        await session.close()  # type: ignore[attr-defined]
+        await nc.drain()
