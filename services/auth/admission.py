@@ -29,8 +29,15 @@ class Admission:
 
 
 class Authenticator:
-    def __init__(self, store: AuthStore, hasher: keys.KeyHasher, limiter: RpmLimiter | None = None) -> None:
+    def __init__(
+        self,
+        store: AuthStore,
+        hasher: keys.KeyHasher,
+        limiter: RpmLimiter | None = None,
+        cache_ttl: float = CACHE_TTL_S,
+    ) -> None:
         self._store = store
+        self._cache_ttl = cache_ttl
         self._hasher = hasher
         self._limiter = limiter or RpmLimiter()
         self._cache: dict[bytes, tuple[float, KeyRow | None]] = {}
@@ -72,7 +79,7 @@ class Authenticator:
         key = await self._store.key_by_hash(digest)
         if len(self._cache) > 100_000:
             self._cache = {d: v for d, v in self._cache.items() if v[0] > now}
-        self._cache[digest] = (now + CACHE_TTL_S, key)
+        self._cache[digest] = (now + self._cache_ttl, key)
         return key
 
     async def _flush_last_used(self) -> None:

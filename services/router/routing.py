@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -144,7 +144,7 @@ class ChatRouter:
         body: dict[str, Any],
         started: float,
         first_at: float | None,
-        status: UsageRecord.Status.ValueType = UsageRecord.STATUS_OK,
+        status: int = UsageRecord.STATUS_OK,
     ) -> None:
         if not usage.reported:
             usage.prompt_tokens = usage.prompt_tokens or estimate_messages(body.get("messages") or [])
@@ -165,7 +165,7 @@ class ChatRouter:
         self._sink(record)
 
 
-async def _first(chunks: AsyncIterator[bytes], provider: str) -> bytes:
+async def _first(chunks: AsyncGenerator[bytes, None], provider: str) -> bytes:
     try:
         return await anext(chunks)
     except StopAsyncIteration:

@@ -18,11 +18,12 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> Response:
     clients = edge(request).clients
-    states, status = await asyncio.gather(
+    results: list[object] = await asyncio.gather(
         clients.health(),
         clients.billing.GetStatus(billing_pb2.GetStatusRequest(), timeout=1.0),
         return_exceptions=True,
     )
+    states, status = results
     services = {"edge": "SERVING", **(states if isinstance(states, dict) else {})}
     body: dict[str, object] = {"services": services}
     if isinstance(status, billing_pb2.BillingStatus):

@@ -7,7 +7,7 @@ Adapters raise only Faregate errors (``UpstreamError``, ``UpstreamTimeout``,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ class Provider(ABC):
     @abstractmethod
     def chat_stream(
         self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The JSON payloads of a streamed completion's SSE events, without ``[DONE]``.
 
         The request is sent on the first ``__anext__``: an upstream that fails before its

@@ -7,7 +7,7 @@ fresh install can be tried end to end without any provider key.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -53,7 +53,7 @@ class EchoProvider(Provider):
 
     async def chat_stream(
         self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         words, prompt_tokens = self._answer(body)
         base = {
             "id": f"chatcmpl-echo-{time.time_ns()}",

@@ -7,7 +7,7 @@ docs/adr/0003-upstream-http-client.md). Bodies are relayed as bytes; only usage 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -84,7 +84,7 @@ class OpenAIProvider(Provider):
 
     async def chat_stream(
         self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         payload = {**body, "model": model, "stream": True, "stream_options": {"include_usage": True}}
         resp = await self._post(payload)
         done = False
@@ -98,9 +98,10 @@ class OpenAIProvider(Provider):
                     done = True
                     break
                 if b'"usage"' in data:
-                    data = _take_usage(data, usage, include_usage)
-                    if data is None:
+                    kept = _take_usage(data, usage, include_usage)
+                    if kept is None:
                         continue
+                    data = kept
                 usage.chunks += 1
                 yield data
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -1,0 +1,74 @@
+"""The usage stream into billing's ledger: idempotent on request id, dead letters counted."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import nats
+import pytest
+
+from faregate.pb.events.v1.usage_pb2 import UsageRecord
+from tests.harness import Stack, ledger, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+async def publish(stack: Stack, payloads: list[tuple[bytes, str | None]]) -> None:
+    nc = await nats.connect(stack.infra.nats_url)
+    try:
+        js = nc.jetstream()
+        for data, msg_id in payloads:
+            headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+            await js.publish(stack.usage_subject, data, headers=headers)
+    finally:
+        await nc.close()
+
+
+def record(account_id: str, request_id: str, cost: int) -> UsageRecord:
+    return UsageRecord(
+        request_id=request_id,
+        account_id=account_id,
+        key_id="key_test",
+        model="fake-model",
+        provider="fake",
+        provider_model="fake-upstream-model",
+        endpoint="chat.completions",
+        prompt_tokens=10,
+        completion_tokens=5,
+        cost_micros=cost,
+        billable=True,
+        status=UsageRecord.STATUS_OK,
+    )
+
+
+def test_a_record_delivered_twice_is_applied_once(stack: Stack) -> None:
+    account_id = stack.create_account(credit_usd=1)
+    rid = f"req_{secrets.token_hex(8)}"
+    data = record(account_id, rid, 1234).SerializeToString()
+    # Different message ids defeat JetStream's own de-duplication: the ledger must hold the line.
+    asyncio.run(publish(stack, [(data, f"{rid}-a"), (data, f"{rid}-b"), (data, None)]))
+    wait_for(lambda: any(e.request_id == rid for e in ledger(stack, account_id)), what="the usage entry")
+    marker = f"req_{secrets.token_hex(8)}"
+    asyncio.run(publish(stack, [(record(account_id, marker, 1).SerializeToString(), marker)]))
+    wait_for(lambda: any(e.request_id == marker for e in ledger(stack, account_id)), what="the marker entry")
+    entries = [e for e in ledger(stack, account_id) if e.request_id == rid]
+    assert len(entries) == 1 and entries[0].amount_micros == -1234
+    assert stack.balance_usd(account_id) == pytest.approx(1 - 1235 / 1e6)
+
+
+def test_malformed_records_are_dead_lettered_and_counted(stack: Stack) -> None:
+    before = stack.http.get("/health").json()["metering"]["dead_lettered"]
+    asyncio.run(
+        publish(
+            stack,
+            [
+                (b"\xff\xff not a protobuf", None),
+                (UsageRecord(request_id="req_x").SerializeToString(), None),  # no account
+            ],
+        )
+    )
+    wait_for(
+        lambda: stack.http.get("/health").json()["metering"]["dead_lettered"] >= before + 2,
+        what="dead-letter count in /health",
+    )

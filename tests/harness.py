@@ -1,0 +1,233 @@
+"""Starts real Faregate processes for tests: real gRPC, real NATS, a real database.
+
+Infrastructure comes from the environment when CI points at the machine's servers
+(FAREGATE_TEST_DATABASE_URL, FAREGATE_TEST_NATS_URL, FAREGATE_TEST_REDIS_URL); otherwise
+the embedded default is used: SQLite files and a private nats-server. Every stack gets its
+own database, JetStream stream and subject, so stacks never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+from sqlalchemy.engine import make_url
+
+from faregate import processes
+
+SERVICE_ORDER = ("auth", "billing", "router", "edge")
+
+
+@dataclass
+class Infra:
+    nats_url: str
+    database_url: str | None  # None: SQLite files per service under the stack's home
+    redis_url: str | None
+    cleanup: list[Any] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        db = "postgresql" if self.database_url else "sqlite"
+        return f"{db}, redis={'yes' if self.redis_url else 'no'}"
+
+
+def create_postgres_database(admin_url: str) -> tuple[str, str]:
+    """A fresh, uniquely named database on the server of ``admin_url``: (url, name)."""
+    import asyncpg
+
+    name = f"faregate_test_{secrets.token_hex(6)}"
+    url = make_url(admin_url)
+
+    async def create() -> None:
+        conn = await asyncpg.connect(
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username or "postgres",
+            password=url.password,
+            database=url.database or "postgres",
+        )
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return url.set(database=name).render_as_string(hide_password=False), name
+
+
+def drop_postgres_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    url = make_url(admin_url)
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username or "postgres",
+            password=url.password,
+            database=url.database or "postgres",
+        )
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+async def delete_stream(nats_url: str, stream: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().delete_stream(stream)
+    except Exception:
+        pass
+    finally:
+        await nc.close()
+
+
+class Stack:
+    """One Faregate installation: each service a real process, on free ports."""
+
+    def __init__(
+        self,
+        home: Path,
+        infra: Infra,
+        *,
+        catalog: str | None = None,
+        env: dict[str, str] | None = None,
+        database_url: str | None = None,
+    ) -> None:
+        self.home = home
+        self.infra = infra
+        tag = secrets.token_hex(4)
+        self.usage_stream = f"FG_TEST_{tag.upper()}"
+        self.usage_subject = f"faregate.test.{tag}.usage"
+        self.admin_token = secrets.token_urlsafe(24)
+        http_port = processes.free_port()
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.addrs = {name: f"127.0.0.1:{processes.free_port()}" for name in ("auth", "router", "billing")}
+        self.env = {
+            **os.environ,
+            "FAREGATE_HOME": str(home),
+            "FAREGATE_HTTP_ADDR": f"127.0.0.1:{http_port}",
+            "FAREGATE_AUTH_ADDR": self.addrs["auth"],
+            "FAREGATE_ROUTER_ADDR": self.addrs["router"],
+            "FAREGATE_BILLING_ADDR": self.addrs["billing"],
+            "FAREGATE_NATS_URL": infra.nats_url,
+            "FAREGATE_USAGE_STREAM": self.usage_stream,
+            "FAREGATE_USAGE_SUBJECT": self.usage_subject,
+            "FAREGATE_ADMIN_TOKEN": self.admin_token,
+            "FAREGATE_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for var in ("FAREGATE_DATABASE_URL", "FAREGATE_REDIS_URL", "FAREGATE_CONFIG"):
+            self.env.pop(var, None)
+        db_url = database_url or infra.database_url
+        if db_url:
+            self.env["FAREGATE_DATABASE_URL"] = db_url
+        if infra.redis_url:
+            self.env["FAREGATE_REDIS_URL"] = infra.redis_url
+        if catalog is not None:
+            path = home / "catalog.yaml"
+            home.mkdir(parents=True, exist_ok=True)
+            path.write_text(catalog)
+            self.env["FAREGATE_CONFIG"] = str(path)
+        self.env.update(env or {})
+        self.launcher = processes.Launcher(self.env, log_dir=home / "logs")
+        self.procs: dict[str, processes.Proc] = {}
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    # -- processes ------------------------------------------------------------------
+
+    def start(self) -> Stack:
+        for name in SERVICE_ORDER:
+            self.start_service(name)
+        return self
+
+    def start_service(self, name: str) -> processes.Proc:
+        proc = self.launcher.service(name)
+        self.procs[name] = proc
+        if name == "edge":
+            processes.wait_http_ok(f"{self.url}/health", proc)
+        else:
+            processes.wait_grpc_serving(self.addrs[name], proc)
+        return proc
+
+    def kill(self, name: str) -> None:
+        self.procs[name].kill()
+
+    def stop(self) -> None:
+        self.http.close()
+        self.launcher.stop_all()
+        asyncio.run(delete_stream(self.infra.nats_url, self.usage_stream))
+
+    def logs(self) -> str:
+        out = []
+        for log in sorted((self.home / "logs").glob("*.log")):
+            out.append(f"----- {log.name} -----\n{log.read_text(errors='replace')[-4000:]}")
+        return "\n".join(out)
+
+    # -- admin API --------------------------------------------------------------------
+
+    def admin(self, method: str, path: str, json: Any = None) -> httpx.Response:
+        return self.http.request(method, path, json=json, headers={"Authorization": f"Bearer {self.admin_token}"})
+
+    def create_account(self, name: str = "acme", plan: str = "unlimited", credit_usd: float | None = None) -> str:
+        resp = self.admin("POST", "/admin/accounts", {"name": name, "plan": plan})
+        assert resp.status_code == 201, resp.text
+        account_id: str = resp.json()["id"]
+        if credit_usd:
+            resp = self.admin("POST", f"/admin/accounts/{account_id}/credit", {"amount_usd": credit_usd})
+            assert resp.status_code == 200, resp.text
+        return account_id
+
+    def create_key(self, account_id: str, mode: str = "live") -> str:
+        resp = self.admin("POST", f"/admin/accounts/{account_id}/keys", {"mode": mode})
+        assert resp.status_code == 201, resp.text
+        key: str = resp.json()["key"]
+        return key
+
+    def balance_usd(self, account_id: str) -> float:
+        resp = self.admin("GET", f"/admin/accounts/{account_id}")
+        assert resp.status_code == 200, resp.text
+        value: float = resp.json()["balance_usd"]
+        return value
+
+
+def python() -> str:
+    return sys.executable
+
+
+def ledger(stack: Stack, account_id: str) -> list[Any]:
+    """The account's ledger entries, newest first, read from the real billing service."""
+    import grpc
+
+    from faregate.pb.billing.v1 import billing_pb2, billing_pb2_grpc
+
+    with grpc.insecure_channel(stack.addrs["billing"]) as channel:
+        reply = billing_pb2_grpc.BillingServiceStub(channel).ListLedger(
+            billing_pb2.ListLedgerRequest(account_id=account_id, limit=1000), timeout=10
+        )
+    return list(reply.entries)
+
+
+def wait_for(predicate: Any, *, timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy (metering is asynchronous by design)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from faregate.errors import NotFound
+from services.router.catalog import ECHO_MODEL, CatalogError, load_catalog
+
+
+def test_default_catalog_loads_and_always_has_echo() -> None:
+    catalog = load_catalog(None, env={})
+    echo = catalog.model(ECHO_MODEL)
+    assert echo.test and echo.prompt_price_micros == 0
+    assert catalog.providers["faregate"].configured
+    assert not catalog.providers["openai"].configured  # no OPENAI_API_KEY in this env
+    assert load_catalog(None, env={"OPENAI_API_KEY": "sk-x"}).providers["openai"].configured
+    assert len(catalog.models) >= 3
+
+
+def test_prices_become_integer_micro_usd(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("""
+providers:
+  local: {kind: openai, base_url: "http://127.0.0.1:9/v1/"}
+models:
+  - id: m
+    pricing: {prompt: 0.15, completion: 0.6}
+    categories: [cheap]
+    routes: [{provider: local, model: m-upstream}]
+""")
+    catalog = load_catalog(path, env={})
+    m = catalog.model("m")
+    assert (m.prompt_price_micros, m.completion_price_micros) == (150_000, 600_000)
+    assert catalog.providers["local"].base_url == "http://127.0.0.1:9/v1"
+    assert catalog.providers["local"].configured  # no key needed
+    assert [x.id for x in catalog.list("cheap")] == ["m"]
+    with pytest.raises(NotFound):
+        catalog.model("nope")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "models: [{id: m, pricing: {prompt: 1, completion: 1}, routes: [{provider: ghost, model: x}]}]",
+        "providers: {p: {kind: smoke}}",
+        "models: [{id: m, pricing: {prompt: -1, completion: 1}, routes: [{provider: faregate, model: x}]}]",
+        "models: [{id: faregate/echo, pricing: {prompt: 0, completion: 0}, routes: [{provider: faregate, model: e}]}]",
+        "{{{ not yaml",
+    ],
+)
+def test_bad_catalogs_are_refused_with_a_reason(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(CatalogError):
+        load_catalog(path, env={})
