@@ -161,7 +161,7 @@ class ChatRouter:
         now = self._clock()
         record.latency_ms = int((now - started) * 1000)
         record.ttft_ms = int((first_at - started) * 1000) if first_at else 0
-        record.status = status
+        record.status = status  # type: ignore[assignment]  # protobuf enums are ints
         self._sink(record)
 
 

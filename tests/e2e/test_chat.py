@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from tests.openai_schema import validate
 
 from faregate.money import token_cost
 from tests.harness import Stack, ledger, wait_for
+from tests.openai_schema import validate
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +22,7 @@ def client(stack: Stack, key: str) -> openai.OpenAI:
 
 @pytest.fixture
 def account(stack: Stack) -> tuple[str, str]:
-    account_id = stack.create_account(credit_usd=10)
+    account_id = stack.create_account(plan="pro", credit_usd=10)
     return account_id, stack.create_key(account_id)
 
 
@@ -46,7 +46,9 @@ def test_completion_is_answered_and_metered_exactly(stack: Stack, account: tuple
     completion = raw.parse()
     assert completion.choices[0].message.content == "fake reply to: say hello to the gateway"
     assert raw.headers["x-request-id"].startswith("req_")
-    assert int(raw.headers["x-ratelimit-limit"]) > 0 or raw.headers.get("x-ratelimit-limit") is None
+    assert raw.headers["x-ratelimit-limit"] == "120"  # the pro plan's requests per minute
+    assert raw.headers["x-ratelimit-remaining"] == "119"
+    assert int(raw.headers["x-ratelimit-reset"]) % 60 == 0
 
     [entry] = usage_entries(stack, account_id, 1)
     usage = completion.usage

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import openai
 import pytest
-from tests.openai_schema import validate
 
 from tests.harness import Stack
+from tests.openai_schema import validate
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def error_of(resp, status: int, type_: str) -> dict:
     "auth",
     [
         None,
-        "Bearer ",
+        "Bearer",
         "Bearer gw_live_short",
         "Basic abc",
         "Bearer " + "x" * 5000,

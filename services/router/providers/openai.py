@@ -19,6 +19,7 @@ from services.router.catalog import Provider as ProviderConfig
 from services.router.providers.base import Completion, Provider, Usage
 
 _DONE = b"[DONE]"
+_NULL_USAGE = b'"usage":null'
 
 
 class OpenAIProvider(Provider):
@@ -116,20 +117,27 @@ class OpenAIProvider(Provider):
 
 
 def _take_usage(data: bytes, usage: Usage, include_usage: bool) -> bytes | None:
-    """Record a chunk's usage; drop the usage-only chunk if the client did not ask for it."""
+    """Record a chunk's usage; hide usage from a client that did not ask for it.
+
+    Upstreams asked for usage put ``"usage":null`` in every chunk and the counts in a last,
+    choice-less chunk. The common null case is handled on bytes, without parsing.
+    """
+    if _NULL_USAGE in data:
+        return data if include_usage else data.replace(b"," + _NULL_USAGE, b"").replace(_NULL_USAGE + b",", b"")
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         return data
-    reported = doc.get("usage")
-    if not isinstance(reported, dict):
+    if not isinstance(doc, dict) or "usage" not in doc:
         return data
-    usage.prompt_tokens = int(reported.get("prompt_tokens") or 0)
-    usage.completion_tokens = int(reported.get("completion_tokens") or 0)
-    usage.reported = True
+    reported = doc["usage"]
+    if isinstance(reported, dict):
+        usage.prompt_tokens = int(reported.get("prompt_tokens") or 0)
+        usage.completion_tokens = int(reported.get("completion_tokens") or 0)
+        usage.reported = True
     if include_usage:
         return data
-    if not doc.get("choices"):
+    if isinstance(reported, dict) and not doc.get("choices"):
         return None
     doc.pop("usage")
     return orjson.dumps(doc)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from tests.openai_schema import validate
 
 from faregate.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
@@ -12,6 +11,7 @@ from faregate.pb.router.v1 import router_pb2 as pb
 from services.router.catalog import load_catalog
 from services.router.providers.echo import EchoProvider
 from services.router.routing import ChatRouter, parse_body
+from tests.openai_schema import validate
 
 
 def request(body: dict, *, test_mode: bool = False, cap: int = 0) -> pb.CompletionRequest:
