@@ -25,6 +25,7 @@ from faregate.pb.events.v1.usage_pb2 import UsageRecord
 log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
+ACK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ async def ensure_stream(js: JetStreamContext, stream: UsageStream) -> None:
 class UsagePublisher:
     """Queues usage records and publishes them to JetStream in the background."""
 
-    def __init__(self, js: JetStreamContext, stream: UsageStream, *, max_in_flight: int = 256) -> None:
+    def __init__(self, js: JetStreamContext, stream: UsageStream, *, max_in_flight: int = 1000) -> None:
         self._js = js
         self._stream = stream
         self._queue: asyncio.Queue[UsageRecord] = asyncio.Queue()
@@ -111,24 +112,40 @@ class UsagePublisher:
             batch = [await self._queue.get()]
             while len(batch) < self._max_in_flight and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await asyncio.gather(*(self._publish(r) for r in batch))
+            await self._publish(batch)
             for _ in batch:
                 self._queue.task_done()
 
-    async def _publish(self, record: UsageRecord) -> None:
-        payload = record.SerializeToString()
+    async def _publish(self, batch: list[UsageRecord]) -> None:
+        """Publish a batch pipelined (one reply subscription for all acks); retry what failed."""
+        pending = batch
         delay = 0.1
-        while True:
-            try:
-                await self._js.publish(
-                    self._stream.subject,
-                    payload,
-                    timeout=5,
-                    headers={"Nats-Msg-Id": record.request_id},
-                )
-                self.published += 1
-                return
-            except Exception as exc:  # NATS down or slow: keep the record, retry
-                log.warning("usage publish for %s failed (%s); retrying", record.request_id, exc)
+        while pending:
+            acks: list[asyncio.Future[object] | None] = []
+            for record in pending:
+                try:
+                    acks.append(
+                        await self._js.publish_async(
+                            self._stream.subject,
+                            record.SerializeToString(),
+                            headers={"Nats-Msg-Id": record.request_id},
+                        )
+                    )
+                except Exception as exc:  # not connected: retried below
+                    log.warning("usage publish for %s failed (%s); retrying", record.request_id, exc)
+                    acks.append(None)
+            results = await asyncio.gather(
+                *(asyncio.wait_for(ack, ACK_TIMEOUT_S) if ack is not None else _failed() for ack in acks),
+                return_exceptions=True,
+            )
+            failed = [r for r, res in zip(pending, results, strict=True) if isinstance(res, BaseException)]
+            self.published += len(pending) - len(failed)
+            pending = failed
+            if pending:
+                log.warning("%d usage records not acknowledged by JetStream; retrying", len(pending))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+async def _failed() -> None:
+    raise ConnectionError("not published")

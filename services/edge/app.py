@@ -30,7 +30,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
-    for module in (chat, models, admin, health):
+    app.add_route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
+    for module in (models, admin, health):
         app.include_router(module.router)
     return app
 

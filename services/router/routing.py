@@ -116,15 +116,13 @@ class ChatRouter:
         if not stream:
             # The upstream has answered (and charged): meter it even if the client is gone.
             self._finish(record, completion.usage, body, started, None)
-            yield _start(model, route, stream)
-            yield pb.CompletionChunk(data=completion.body)
+            yield pb.CompletionChunk(start=_start(model, route, stream), data=completion.body)
             return
 
         first_at = self._clock()
         status = UsageRecord.STATUS_CLIENT_CANCELLED
         try:
-            yield _start(model, route, stream)
-            yield pb.CompletionChunk(data=first)
+            yield pb.CompletionChunk(start=_start(model, route, stream), data=first)
             async for data in chunks:
                 yield pb.CompletionChunk(data=data)
             status = UsageRecord.STATUS_OK
@@ -172,8 +170,8 @@ async def _first(chunks: AsyncGenerator[bytes, None], provider: str) -> bytes:
         raise UpstreamError(f"provider {provider} sent an empty stream") from None
 
 
-def _start(model: Model, route: Route, stream: bool) -> pb.CompletionChunk:
-    return pb.CompletionChunk(start=pb.Start(model=model.id, provider=route.provider, stream=stream))
+def _start(model: Model, route: Route, stream: bool) -> pb.Start:
+    return pb.Start(model=model.id, provider=route.provider, stream=stream)
 
 
 def _record(request: pb.CompletionRequest, model: Model, route: Route, stream: bool, started: float) -> UsageRecord:

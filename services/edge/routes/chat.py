@@ -1,7 +1,8 @@
 """POST /v1/chat/completions: the hot path.
 
 One auth call, then one router call; the body is relayed as bytes (the router parses it),
-and the answer is relayed as bytes: whole for JSON, chunk by chunk for SSE.
+and the answer is relayed as bytes: whole for JSON, chunk by chunk for SSE. Mounted as a
+plain Starlette route (services/edge/app.py): no dependency solving, no body model.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import orjson
-from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from faregate.errors import PayloadTooLarge, UpstreamError
 from faregate.grpc import error_from_rpc
@@ -19,8 +20,6 @@ from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.router.v1 import router_pb2
 from services.edge.clients import unary
 from services.edge.context import bearer, edge, new_request_id
-
-router = APIRouter()
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -35,7 +34,6 @@ def rate_limit_headers(reply: auth_pb2.AuthenticateResponse, request_id: str) ->
     return headers
 
 
-@router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     ctx = edge(request)
     request.state.request_id = request_id = new_request_id()
@@ -65,31 +63,28 @@ async def chat_completions(request: Request) -> Response:
     )
     headers = rate_limit_headers(admitted, request_id)
     try:
-        start = await call.read()
-        if start is grpc.aio.EOF or start.WhichOneof("kind") != "start":
-            raise UpstreamError("the router ended the call without an answer")
-        if not start.start.stream:
-            answer = await call.read()
-            if answer is grpc.aio.EOF or answer.WhichOneof("kind") != "data":
-                raise UpstreamError("the router ended the call without an answer")
-            return Response(answer.data, media_type="application/json", headers=headers)
+        first = await call.read()
     except grpc.aio.AioRpcError as exc:
         raise error_from_rpc(exc) from None
+    if first is grpc.aio.EOF or not first.HasField("start"):
+        raise UpstreamError("the router ended the call without an answer")
+    if not first.start.stream:
+        return Response(first.data, media_type="application/json", headers=headers)
     headers["Cache-Control"] = "no-cache"
     headers["X-Accel-Buffering"] = "no"
-    return StreamingResponse(relay(call), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(relay(call, first.data), media_type="text/event-stream", headers=headers)
 
 
-async def relay(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[bytes]:
+async def relay(call: grpc.aio.UnaryStreamCall, first: bytes) -> AsyncIterator[bytes]:
     """SSE out of router chunks; a failure after the first byte becomes an error event."""
     try:
+        yield b"data: " + first + b"\n\n"
         while (chunk := await call.read()) is not grpc.aio.EOF:
-            if chunk.WhichOneof("kind") == "data":
-                yield b"data: " + chunk.data + b"\n\n"
-            elif chunk.WhichOneof("kind") == "error":
+            if chunk.HasField("error"):
                 err = chunk.error
                 yield _error_event(err.type, err.message, err.code or None)
                 return
+            yield b"data: " + chunk.data + b"\n\n"
         yield _DONE
     except grpc.aio.AioRpcError as exc:
         failure = error_from_rpc(exc)
