@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -121,7 +122,7 @@ class UsagePublisher:
         pending = batch
         delay = 0.1
         while pending:
-            acks: list[asyncio.Future[object] | None] = []
+            acks: list[asyncio.Future[Any] | None] = []
             for record in pending:
                 try:
                     acks.append(
