@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     usage_stream: str = "FAREGATE_USAGE"
     usage_subject: str = "faregate.usage.v1"
     redis_url: str | None = None
+    redis_prefix: str = "faregate:"
 
     def secret(self, name: str, given: SecretStr | None) -> SecretStr:
         """The given secret, or the one kept in ``home/name`` (made on first use)."""
@@ -57,6 +58,8 @@ class DatabaseSettings(Settings):
 
 class AuthSettings(DatabaseSettings):
     key_secret: SecretStr | None = None  # HMAC key for API-key hashes
+    plans: str | None = None  # JSON changes to the default plans, e.g. {"basic": {"rpm": 100}}
+    slot_lease_seconds: float = Field(default=60.0, gt=0)  # a concurrency slot not renewed expires
 
     def hmac_key(self) -> bytes:
         return self.secret("key_secret", self.key_secret).get_secret_value().encode()
@@ -76,6 +79,7 @@ class RouterSettings(Settings):
 
 class EdgeSettings(Settings):
     http_addr: str = "127.0.0.1:8080"
+    trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed, comma-separated
     admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 

@@ -1,74 +1,235 @@
-"""Plans and rate limits.
+"""Plans, and the counters that enforce them.
 
-A plan sets requests per minute (RPM), requests per UTC day, tokens per day and a
-concurrency ceiling. The walking skeleton enforces RPM in process (fixed one-minute
-windows); shared Redis counters, daily limits and concurrency slots build on this module.
+A plan sets requests per minute (RPM), requests per UTC day, tokens per UTC day and a
+concurrency ceiling; a key may override any of them. Counters live in Redis when
+FAREGATE_REDIS_URL is set (one Lua script per decision, so replicas share them and
+concurrent requests cannot both take the last unit) and in process otherwise (one replica).
+
+Windows are fixed and aligned to wall-clock time (minutes, UTC days). A concurrency slot is
+a lease: it expires unless renewed, so a crashed process cannot hold a slot for ever.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
-from faregate.errors import InvalidRequest, RateLimited
+from faregate.errors import InvalidRequest
+
+UNLIMITED = -1
 
 
 @dataclass(frozen=True)
-class Plan:
-    name: str
+class Limits:
+    """None means no limit."""
+
     rpm: int | None
     requests_per_day: int | None
     tokens_per_day: int | None
     concurrency: int | None
 
+    def overridden(self, **overrides: int | None) -> Limits:
+        """Apply per-key overrides: None keeps the plan's, UNLIMITED removes the limit."""
+        changes = {k: (None if v == UNLIMITED else v) for k, v in overrides.items() if v is not None}
+        return replace(self, **changes)
 
-PLANS: dict[str, Plan] = {
-    "basic": Plan("basic", 60, 1_000, 500_000, 64),
-    "pro": Plan("pro", 120, None, 2_000_000, 64),
-    "enterprise": Plan("enterprise", 300, None, 6_000_000, 64),
-    "unlimited": Plan("unlimited", None, None, None, None),
+
+DEFAULT_PLANS: dict[str, Limits] = {
+    "basic": Limits(60, 1_000, 500_000, 64),
+    "pro": Limits(120, None, 2_000_000, 64),
+    "enterprise": Limits(300, None, 6_000_000, 64),
+    "unlimited": Limits(None, None, None, None),
 }
 DEFAULT_PLAN = "basic"
+GUEST_PLAN = "guest"
+GUEST_LIMITS = Limits(rpm=5, requests_per_day=None, tokens_per_day=None, concurrency=64)  # rpm per client IP
+GUEST_MAX_TOKENS = 256
 
 
-def plan_named(name: str) -> Plan:
-    plan = PLANS.get((name or DEFAULT_PLAN).lower())
-    if plan is None:
-        raise InvalidRequest(f"unknown plan {name!r}; one of: {', '.join(PLANS)}", param="plan")
-    return plan
+class Plans:
+    def __init__(self, plans: dict[str, Limits]) -> None:
+        self._plans = plans
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Plans:
+        """Defaults, changed by FAREGATE_PLANS, e.g. ``{"basic": {"rpm": 100}, "team": {...}}``."""
+        plans = dict(DEFAULT_PLANS)
+        if text:
+            names = {f.name for f in fields(Limits)}
+            for name, spec in json.loads(text).items():
+                unknown = set(spec) - names
+                if unknown:
+                    raise ValueError(f"plan {name!r}: unknown limits {sorted(unknown)}")
+                base = plans.get(name, Limits(None, None, None, None))
+                plans[name.lower()] = replace(base, **spec)
+        return cls(plans)
+
+    def named(self, name: str) -> Limits:
+        found = self._plans.get((name or DEFAULT_PLAN).lower())
+        if found is None:
+            raise InvalidRequest(f"unknown plan {name!r}; one of: {', '.join(self._plans)}", param="plan")
+        return found
+
+    def check(self, name: str) -> str:
+        self.named(name)
+        return name.lower()
 
 
-@dataclass(frozen=True)
-class Window:
-    limit: int
-    remaining: int
-    reset_at: int  # Unix seconds
+def day_key(now: float) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(now))
 
 
-class RpmLimiter:
-    """Fixed one-minute windows per key, in process (a single replica's view)."""
+def seconds_to_utc_midnight(now: float) -> int:
+    return 86_400 - int(now) % 86_400
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+
+class Counters(ABC):
+    """Atomic counters and leases. Buckets are strings; every operation is one round trip."""
+
+    @abstractmethod
+    async def take(self, bucket: str, limit: int, ttl: int) -> int:
+        """Count one unit if fewer than ``limit`` are counted; the new count, or -1 if full."""
+
+    @abstractmethod
+    async def add(self, bucket: str, amount: int, ttl: int) -> None: ...
+
+    @abstractmethod
+    async def get(self, bucket: str) -> int: ...
+
+    @abstractmethod
+    async def acquire(self, bucket: str, slot: str, limit: int, lease: float, now: float) -> bool:
+        """Take a slot if fewer than ``limit`` unexpired slots are held."""
+
+    @abstractmethod
+    async def renew(self, bucket: str, slot: str, lease: float, now: float) -> None: ...
+
+    @abstractmethod
+    async def release(self, bucket: str, slot: str) -> None: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
+class LocalCounters(Counters):
+    """In-process counters: correct for a single auth replica."""
+
+    def __init__(self, clock: Any = time.time) -> None:
         self._clock = clock
-        self._counts: dict[str, tuple[int, int]] = {}  # key -> (window start, count)
+        self._counts: dict[str, tuple[int, float]] = {}  # bucket -> (count, expires_at)
+        self._slots: dict[str, dict[str, float]] = {}  # bucket -> slot -> expires_at
 
-    def hit(self, key: str, limit: int | None) -> Window | None:
-        if limit is None:
-            return None
-        now = int(self._clock())
-        start = now - now % 60
-        window, count = self._counts.get(key, (start, 0))
-        if window != start:
-            count = 0
-            if len(self._counts) > 100_000:
-                self._counts = {k: v for k, v in self._counts.items() if v[0] == start}
-        reset_at = start + 60
+    def _live(self, bucket: str) -> int:
+        count, expires = self._counts.get(bucket, (0, 0.0))
+        if expires <= self._clock():
+            self._counts.pop(bucket, None)
+            return 0
+        return count
+
+    def _sweep(self) -> None:
+        if len(self._counts) > 200_000:
+            now = self._clock()
+            self._counts = {b: v for b, v in self._counts.items() if v[1] > now}
+
+    async def take(self, bucket: str, limit: int, ttl: int) -> int:
+        count = self._live(bucket)
         if count >= limit:
-            raise RateLimited(
-                f"rate limit exceeded: {limit} requests per minute for this key",
-                code="rpm_exceeded",
-                retry_after=max(1, reset_at - now),
-            )
-        self._counts[key] = (start, count + 1)
-        return Window(limit, limit - count - 1, reset_at)
+            return -1
+        expires = self._counts.get(bucket, (0, self._clock() + ttl))[1]
+        self._counts[bucket] = (count + 1, expires)
+        self._sweep()
+        return count + 1
+
+    async def add(self, bucket: str, amount: int, ttl: int) -> None:
+        count = self._live(bucket)
+        expires = self._counts.get(bucket, (0, self._clock() + ttl))[1]
+        self._counts[bucket] = (count + amount, expires)
+
+    async def get(self, bucket: str) -> int:
+        return self._live(bucket)
+
+    async def acquire(self, bucket: str, slot: str, limit: int, lease: float, now: float) -> bool:
+        slots = {s: exp for s, exp in self._slots.get(bucket, {}).items() if exp > now}
+        if len(slots) >= limit:
+            self._slots[bucket] = slots
+            return False
+        slots[slot] = now + lease
+        self._slots[bucket] = slots
+        return True
+
+    async def renew(self, bucket: str, slot: str, lease: float, now: float) -> None:
+        slots = self._slots.get(bucket, {})
+        if slot in slots:
+            slots[slot] = now + lease
+
+    async def release(self, bucket: str, slot: str) -> None:
+        slots = self._slots.get(bucket)
+        if slots is not None:
+            slots.pop(slot, None)
+            if not slots:
+                self._slots.pop(bucket, None)
+
+
+_TAKE = """
+local c = tonumber(redis.call('GET', KEYS[1]) or '0')
+if c >= tonumber(ARGV[1]) then return -1 end
+c = redis.call('INCR', KEYS[1])
+if c == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return c
+"""
+
+_ADD = """
+local c = redis.call('INCRBY', KEYS[1], ARGV[1])
+if c == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return c
+"""
+
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+class RedisCounters(Counters):
+    """Counters shared by every auth replica, one Lua script per decision."""
+
+    def __init__(self, redis: Any, prefix: str = "faregate:") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._take = redis.register_script(_TAKE)
+        self._add = redis.register_script(_ADD)
+        self._acquire = redis.register_script(_ACQUIRE)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> RedisCounters:
+        import redis.asyncio as aioredis
+
+        return cls(aioredis.Redis.from_url(url), prefix)
+
+    async def take(self, bucket: str, limit: int, ttl: int) -> int:
+        return int(await self._take(keys=[self._prefix + bucket], args=[limit, ttl]))
+
+    async def add(self, bucket: str, amount: int, ttl: int) -> None:
+        await self._add(keys=[self._prefix + bucket], args=[amount, ttl])
+
+    async def get(self, bucket: str) -> int:
+        value = await self._redis.get(self._prefix + bucket)
+        return int(value or 0)
+
+    async def acquire(self, bucket: str, slot: str, limit: int, lease: float, now: float) -> bool:
+        ok = await self._acquire(keys=[self._prefix + bucket], args=[now, limit, now + lease, slot, int(lease) + 60])
+        return bool(ok)
+
+    async def renew(self, bucket: str, slot: str, lease: float, now: float) -> None:
+        await self._redis.zadd(self._prefix + bucket, {slot: now + lease}, xx=True)
+
+    async def release(self, bucket: str, slot: str) -> None:
+        await self._redis.zrem(self._prefix + bucket, slot)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,18 +1,22 @@
-"""Wires the auth service: settings → database → domain → gRPC server."""
+"""Wires the auth service: settings → database, counters → domain → gRPC server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
-from faregate import db
+from faregate import db, events
 from faregate.grpc import start_server
 from faregate.lifecycle import wait_for_shutdown
 from faregate.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 from faregate.settings import AuthSettings
 from services.auth.admission import Authenticator
 from services.auth.keys import KeyHasher
+from services.auth.limits import Counters, LocalCounters, Plans, RedisCounters
 from services.auth.servicer import AuthServicer
 from services.auth.storage import AuthStore
+from services.auth.usage import follow_usage
 
 log = logging.getLogger(__name__)
 
@@ -21,18 +25,40 @@ async def serve(settings: AuthSettings) -> None:
     url = settings.database_url_for("auth")
     await db.upgrade_async("auth", url)
     engine = db.make_engine(url)
-    auth = Authenticator(AuthStore(db.make_sessionmaker(engine)), KeyHasher(settings.hmac_key()))
+    counters: Counters = (
+        RedisCounters.from_url(settings.redis_url, settings.redis_prefix) if settings.redis_url else LocalCounters()
+    )
+    auth = Authenticator(
+        AuthStore(db.make_sessionmaker(engine)),
+        KeyHasher(settings.hmac_key()),
+        counters,
+        Plans.from_json(settings.plans),
+        slot_lease=settings.slot_lease_seconds,
+    )
     auth.start()
+    following: asyncio.Task[None] | None = None
+    nc = None
+    if settings.nats_url:
+        nc = await events.connect(settings.nats_url, name="faregate-auth")
+        stream = events.UsageStream(settings.usage_stream, settings.usage_subject)
+        await events.ensure_stream(nc.jetstream(), stream)
+        following = asyncio.create_task(follow_usage(nc.jetstream(), stream, auth, durable=bool(settings.redis_url)))
     addr = settings.bind_addr(settings.auth_addr)
     server, _ = await start_server(
         addr,
         lambda s: auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), s),
         [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name],
     )
-    log.info("auth listening on %s", addr)
+    log.info("auth listening on %s (limits %s)", addr, "in Redis" if settings.redis_url else "in process")
     try:
         await wait_for_shutdown()
     finally:
         await server.stop(grace=5)
+        if following:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        if nc:
+            await nc.drain()
         await auth.close()
         await engine.dispose()

@@ -6,8 +6,9 @@ import grpc
 
 from faregate.pb.auth.v1 import auth_pb2 as pb
 from faregate.pb.auth.v1 import auth_pb2_grpc
-from services.auth.admission import Authenticator
-from services.auth.storage import AccountRow, KeyRow, now_ms
+from services.auth.admission import Admission, Authenticator
+from services.auth.limits import GUEST_MAX_TOKENS
+from services.auth.storage import LIMIT_COLUMNS, AccountRow, KeyRow, now_ms
 
 _MODES = {"live": pb.KEY_MODE_LIVE, "test": pb.KEY_MODE_TEST}
 _MODE_NAMES = {v: k for k, v in _MODES.items()}
@@ -24,7 +25,31 @@ def key_message(row: KeyRow) -> pb.ApiKey:
         last_used_at=(row.last_used_at_ms or 0) // 1000,
         expires_at=(row.expires_at_ms or 0) // 1000,
         status=row.effective_status(now_ms()),
+        limits=pb.Limits(
+            rpm=row.rpm_limit,
+            requests_per_day=row.requests_per_day_limit,
+            tokens_per_day=row.tokens_per_day_limit,
+            concurrency=row.concurrency_limit,
+        ),
     )
+
+
+def admission_message(a: Admission, lease: float) -> pb.AuthenticateResponse:
+    reply = pb.AuthenticateResponse(
+        account_id=a.account_id,
+        key_id=a.key_id,
+        mode=_MODES[a.mode],
+        plan=a.plan,
+        billable=a.billable,
+        slot_id=a.slot_id,
+        guest=a.guest,
+        max_tokens_cap=GUEST_MAX_TOKENS if a.guest else 0,
+        slot_lease_seconds=int(lease),
+    )
+    if a.window is not None:
+        w = a.window
+        reply.rate_limit.CopyFrom(pb.RateLimit(limit=w.limit, remaining=w.remaining, reset_at=w.reset_at))
+    return reply
 
 
 def account_message(row: AccountRow, key_rows: list[KeyRow] | None = None) -> pb.Account:
@@ -44,22 +69,32 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Authenticate(
         self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthenticateResponse:
-        admission = await self._auth.admit(request.api_key)
-        key = admission.key
-        reply = pb.AuthenticateResponse(
-            account_id=key.account_id,
-            key_id=key.id,
-            mode=_MODES[key.mode],
-            plan=key.plan,
-            billable=admission.billable,
+        admission = await self._auth.admit(request.api_key, request.client_ip)
+        return admission_message(admission, self._auth.slot_lease)
+
+    async def Identify(
+        self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuthenticateResponse:
+        key = await self._auth.identify(request.api_key, request.client_ip)
+        return pb.AuthenticateResponse(
+            account_id=key.account_id, key_id=key.id, mode=_MODES[key.mode], plan=key.plan, billable=key.mode == "live"
         )
-        if admission.window is not None:
-            w = admission.window
-            reply.rate_limit.CopyFrom(pb.RateLimit(limit=w.limit, remaining=w.remaining, reset_at=w.reset_at))
-        return reply
 
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
+        await self._auth.release(request.key_id, request.slot_id)
         return pb.ReleaseResponse()
+
+    async def Renew(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
+        await self._auth.renew(request.key_id, request.slot_id)
+        return pb.ReleaseResponse()
+
+    async def UpdateKey(self, request: pb.UpdateKeyRequest, context: grpc.aio.ServicerContext) -> pb.ApiKey:
+        given = request.limits
+        fields = ("rpm", "requests_per_day", "tokens_per_day", "concurrency")
+        limits = {
+            col: (getattr(given, f) or None) for col, f in zip(LIMIT_COLUMNS, fields, strict=True) if given.HasField(f)
+        }
+        return key_message(await self._auth.update_limits(request.key_id, limits))
 
     async def CreateAccount(self, request: pb.CreateAccountRequest, context: grpc.aio.ServicerContext) -> pb.Account:
         return account_message(await self._auth.create_account(request.name, request.plan))

@@ -48,7 +48,13 @@ api_keys = Table(
     Column("last_used_at_ms", BigInteger),
     Column("expires_at_ms", BigInteger),
     Column("revoked_at_ms", BigInteger),
+    Column("rpm_limit", BigInteger),
+    Column("requests_per_day_limit", BigInteger),
+    Column("tokens_per_day_limit", BigInteger),
+    Column("concurrency_limit", BigInteger),
 )
+
+LIMIT_COLUMNS = ("rpm_limit", "requests_per_day_limit", "tokens_per_day_limit", "concurrency_limit")
 
 key_events = Table(
     "key_events",
@@ -92,6 +98,10 @@ class KeyRow:
     last_used_at_ms: int | None
     expires_at_ms: int | None
     plan: str = ""
+    rpm_limit: int | None = None
+    requests_per_day_limit: int | None = None
+    tokens_per_day_limit: int | None = None
+    concurrency_limit: int | None = None
 
     @property
     def masked(self) -> str:
@@ -182,6 +192,23 @@ class AuthStore:
             )
         keys = [k for k in await self.list_keys(account_id) if k.id == key_id]
         return keys[0] if keys else None
+
+    async def update_limits(self, key_id: str, limits: dict[str, int | None]) -> KeyRow | None:
+        async with self._sessions.begin() as s:
+            result = await s.execute(update(api_keys).where(api_keys.c.id == key_id).values(**limits))
+            if result.rowcount == 0:
+                return None
+            r = (await s.execute(select(api_keys.c.account_id).where(api_keys.c.id == key_id))).first()
+            await s.execute(
+                insert(key_events).values(
+                    key_id=key_id,
+                    account_id=r.account_id if r else "",
+                    event="limits_changed",
+                    at_ms=now_ms(),
+                    detail=",".join(f"{k}={v}" for k, v in sorted(limits.items()))[:400],
+                )
+            )
+        return next(k for k in await self.list_keys(r.account_id if r else "") if k.id == key_id)
 
     async def touch_keys(self, last_used: dict[str, int]) -> None:
         """Record last-used times, batched (called periodically, off the request path)."""

@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from faregate.settings import EdgeSettings, split_host_port
 from services.edge import errors
 from services.edge.clients import Clients
-from services.edge.context import EdgeContext
-from services.edge.routes import admin, chat, health, models
+from services.edge.context import EdgeContext, parse_networks
+from services.edge.routes import admin, chat, health, keys, models
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +24,15 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         clients = Clients.connect(settings)
         try:
-            yield {"edge": EdgeContext(settings, clients, settings.admin_secret())}
+            ctx = EdgeContext(settings, clients, settings.admin_secret(), parse_networks(settings.trusted_proxies))
+            yield {"edge": ctx}
         finally:
             await clients.close()
 
     app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
-    for module in (models, admin, health):
+    for module in (models, keys, admin, health):
         app.include_router(module.router)
     return app
 

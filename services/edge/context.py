@@ -2,20 +2,58 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import secrets
-from dataclasses import dataclass
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
 from faregate.settings import EdgeSettings
 from services.edge.clients import Clients
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-@dataclass(frozen=True)
+
+@dataclass
 class EdgeContext:
     settings: EdgeSettings
     clients: Clients
     admin_token: str
+    trusted_proxies: tuple[Network, ...] = ()
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run follow-up work (slot releases) off the client's path, keeping a reference."""
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def client_ip(self, request: Request) -> str:
+        """The socket peer, or the first X-Forwarded-For hop when the peer is a trusted proxy."""
+        peer = request.client.host if request.client else ""
+        if self.trusted_proxies and peer:
+            try:
+                trusted = any(ipaddress.ip_address(peer) in net for net in self.trusted_proxies)
+            except ValueError:
+                trusted = False
+            forwarded = request.headers.get("x-forwarded-for", "")
+            if trusted and forwarded:
+                # The right-most address not added by one of our proxies is the client.
+                for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+                    try:
+                        ip = ipaddress.ip_address(hop)
+                    except ValueError:
+                        break
+                    if not any(ip in net for net in self.trusted_proxies):
+                        return hop
+        return peer
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
 def edge(request: Request) -> EdgeContext:
@@ -28,6 +66,16 @@ def new_request_id() -> str:
 
 
 def bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    """The presented key; empty only when no Authorization header was sent at all (a guest).
+
+    A header that is not a well-formed ``Bearer <key>`` is passed on as it is, so auth
+    refuses it (401) instead of treating the caller as a guest.
+    """
+    header = request.headers.get("authorization")
+    if header is None:
+        return ""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        return token
+    return header or "(empty)"

@@ -78,6 +78,12 @@ class ChatRouter:
         body = parse_body(request.body)
         model = self._catalog.model(body["model"])
         caller = request.caller
+        if caller.guest and not model.guest:
+            raise Forbidden(
+                f"the keyless guest sandbox can only call guest models; {model.id!r} needs an API key",
+                code="guest_model_not_allowed",
+                param="model",
+            )
         if caller.test_mode and not model.test:
             raise Forbidden(
                 f"test keys can only call test models; {model.id!r} is a live model",

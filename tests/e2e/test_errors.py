@@ -33,7 +33,6 @@ def error_of(resp, status: int, type_: str) -> dict:
 @pytest.mark.parametrize(
     "auth",
     [
-        None,
         "Bearer",
         "Bearer gw_live_short",
         "Basic abc",

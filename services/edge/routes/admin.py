@@ -17,8 +17,8 @@ from services.edge.clients import unary
 from services.edge.context import bearer, edge
 from services.edge.routes.responses import json_response
 
-_MODES = {"live": auth_pb2.KEY_MODE_LIVE, "test": auth_pb2.KEY_MODE_TEST}
-_MODE_NAMES = {v: k for k, v in _MODES.items()}
+MODES = {"live": auth_pb2.KEY_MODE_LIVE, "test": auth_pb2.KEY_MODE_TEST}
+_MODE_NAMES = {v: k for k, v in MODES.items()}
 
 
 def require_admin(request: Request) -> None:
@@ -30,11 +30,11 @@ def require_admin(request: Request) -> None:
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-B = TypeVar("B", bound=_Body)
+B = TypeVar("B", bound=Body)
 
 
 async def parse(request: Request, model: type[B]) -> B:
@@ -49,23 +49,36 @@ async def parse(request: Request, model: type[B]) -> B:
         raise InvalidRequest(f"{where}: {msg}" if where else msg, param=where) from None
 
 
-class NewAccount(_Body):
+class NewAccount(Body):
     name: str = Field(min_length=1, max_length=200)
     plan: str = "basic"
 
 
-class NewKey(_Body):
+class NewKey(Body):
     name: str = Field(default="", max_length=200)
     mode: Literal["live", "test"] = "live"
     expires_at: int | None = Field(default=None, gt=0, description="Unix seconds")
 
 
-class NewCredit(_Body):
+LIMIT_FIELDS = ("rpm", "requests_per_day", "tokens_per_day", "concurrency")
+
+
+class KeyLimits(Body):
+    """Per-key overrides: a number, -1 for no limit, or 0 to follow the plan again."""
+
+    rpm: int | None = Field(default=None, ge=-1)
+    requests_per_day: int | None = Field(default=None, ge=-1)
+    tokens_per_day: int | None = Field(default=None, ge=-1)
+    concurrency: int | None = Field(default=None, ge=-1)
+
+
+class NewCredit(Body):
     amount_usd: float = Field(gt=0, le=1_000_000)
     note: str = Field(default="", max_length=400)
 
 
 def key_json(k: auth_pb2.ApiKey) -> dict[str, Any]:
+    limits = {f: getattr(k.limits, f) for f in LIMIT_FIELDS if k.limits.HasField(f)}
     return {
         "id": k.id,
         "object": "api_key",
@@ -77,6 +90,7 @@ def key_json(k: auth_pb2.ApiKey) -> dict[str, Any]:
         "created": k.created_at,
         "last_used": k.last_used_at or None,
         "expires_at": k.expires_at or None,
+        "limits": {f: (None if v == -1 else v) for f, v in limits.items()},
     }
 
 
@@ -120,7 +134,7 @@ async def create_key(request: Request, account_id: str) -> Response:
         auth_pb2.CreateKeyRequest(
             account_id=account_id,
             name=body.name,
-            mode=_MODES[body.mode],
+            mode=MODES[body.mode],
             expires_at=body.expires_at or 0,
         ),
     )
@@ -148,3 +162,11 @@ async def credit(request: Request, account_id: str) -> Response:
             "entries": wallet.entries,
         }
     )
+
+
+@router.patch("/keys/{key_id}")
+async def update_key(request: Request, key_id: str) -> Response:
+    body = await parse(request, KeyLimits)
+    limits = auth_pb2.Limits(**body.model_dump(exclude_none=True))
+    updated = await unary(edge(request).clients.auth.UpdateKey, auth_pb2.UpdateKeyRequest(key_id=key_id, limits=limits))
+    return json_response(key_json(updated))

@@ -7,6 +7,8 @@ plain Starlette route (services/edge/app.py): no dependency solving, no body mod
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,7 +21,7 @@ from faregate.grpc import error_from_rpc
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.router.v1 import router_pb2
 from services.edge.clients import unary
-from services.edge.context import bearer, edge, new_request_id
+from services.edge.context import EdgeContext, bearer, edge, new_request_id
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -42,12 +44,19 @@ async def chat_completions(request: Request) -> Response:
         raise PayloadTooLarge(f"request body is over {ctx.settings.max_body_bytes} bytes")
     admitted = await unary(
         ctx.clients.auth.Authenticate,
-        auth_pb2.AuthenticateRequest(
-            api_key=bearer(request),
-            client_ip=request.client.host if request.client else "",
-            request_id=request_id,
-        ),
+        auth_pb2.AuthenticateRequest(api_key=bearer(request), client_ip=ctx.client_ip(request), request_id=request_id),
     )
+    slot = Slot(ctx, admitted)
+    try:
+        return await _answer(ctx, request_id, admitted, raw, slot)
+    except BaseException:
+        slot.release()
+        raise
+
+
+async def _answer(
+    ctx: EdgeContext, request_id: str, admitted: auth_pb2.AuthenticateResponse, raw: bytes, slot: Slot
+) -> Response:
     call = ctx.clients.router.ChatCompletion(
         router_pb2.CompletionRequest(
             request_id=request_id,
@@ -57,6 +66,7 @@ async def chat_completions(request: Request) -> Response:
                 billable=admitted.billable,
                 test_mode=admitted.mode == auth_pb2.KEY_MODE_TEST,
                 max_tokens_cap=admitted.max_tokens_cap,
+                guest=admitted.guest,
             ),
             body=raw,
         )
@@ -69,14 +79,16 @@ async def chat_completions(request: Request) -> Response:
     if first is grpc.aio.EOF or not first.HasField("start"):
         raise UpstreamError("the router ended the call without an answer")
     if not first.start.stream:
+        slot.release()
         return Response(first.data, media_type="application/json", headers=headers)
     headers["Cache-Control"] = "no-cache"
     headers["X-Accel-Buffering"] = "no"
-    return StreamingResponse(relay(call, first.data), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(relay(call, first.data, slot), media_type="text/event-stream", headers=headers)
 
 
-async def relay(call: grpc.aio.UnaryStreamCall, first: bytes) -> AsyncIterator[bytes]:
+async def relay(call: grpc.aio.UnaryStreamCall, first: bytes, slot: Slot) -> AsyncIterator[bytes]:
     """SSE out of router chunks; a failure after the first byte becomes an error event."""
+    slot.keep_alive()
     try:
         yield b"data: " + first + b"\n\n"
         while (chunk := await call.read()) is not grpc.aio.EOF:
@@ -91,6 +103,41 @@ async def relay(call: grpc.aio.UnaryStreamCall, first: bytes) -> AsyncIterator[b
         yield _error_event(failure.error_type, failure.message, failure.code)
     finally:
         call.cancel()  # a client that went away stops the upstream call too
+        slot.release()
+
+
+class Slot:
+    """The request's concurrency slot in auth: released once when the request ends (off the
+    client's path), and renewed while a stream runs so its lease does not lapse."""
+
+    def __init__(self, ctx: EdgeContext, admitted: auth_pb2.AuthenticateResponse) -> None:
+        self._ctx = ctx
+        self._request = auth_pb2.ReleaseRequest(key_id=admitted.key_id, slot_id=admitted.slot_id)
+        self._lease = admitted.slot_lease_seconds or 60
+        self._renewer: asyncio.Task[None] | None = None
+        self._held = bool(admitted.slot_id)
+
+    def keep_alive(self) -> None:
+        if self._held:
+            self._renewer = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._ctx.clients.auth.Renew(self._request, timeout=5)
+
+    def release(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+        if self._held:
+            self._held = False
+            self._ctx.spawn(_release(self._ctx, self._request))
+
+
+async def _release(ctx: EdgeContext, request: auth_pb2.ReleaseRequest) -> None:
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await ctx.clients.auth.Release(request, timeout=5)
 
 
 def _error_event(type_: str, message: str, code: str | None) -> bytes:

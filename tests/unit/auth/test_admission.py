@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from faregate import db
-from faregate.errors import AuthenticationFailed, NotFound
+from faregate.errors import AuthenticationFailed, NotFound, RateLimited
 from services.auth.admission import Authenticator
 from services.auth.keys import KeyHasher
 from services.auth.storage import AuthStore
@@ -27,7 +28,7 @@ async def test_a_key_admits_its_account_and_is_stored_only_hashed(auth: Authenti
     account = await auth.create_account("acme", "pro")
     row, secret = await auth.create_key(account.id, "ci", "live", None)
     admitted = await auth.admit(secret)
-    assert admitted.key.account_id == account.id and admitted.billable
+    assert admitted.account_id == account.id and admitted.billable
     assert admitted.window is not None and admitted.window.limit == 120
     assert secret.encode() not in (tmp_path / "auth.db").read_bytes()
     assert row.masked == f"{secret[:12]}…{secret[-4:]}"
@@ -39,9 +40,10 @@ async def test_revoked_and_expired_keys_are_refused(auth: Authenticator) -> None
     await auth.revoke_key(account.id, row.id)
     with pytest.raises(AuthenticationFailed, match="revoked"):
         await auth.admit(secret)
-    _, expired = await auth.create_key(account.id, "", "test", 1000)
+    _, soon = await auth.create_key(account.id, "", "test", int(time.time() * 1000) + 300)
+    time.sleep(0.4)
     with pytest.raises(AuthenticationFailed, match="expired"):
-        await auth.admit(expired)
+        await auth.admit(soon)
 
 
 async def test_unknown_key_and_foreign_revocation(auth: Authenticator) -> None:
@@ -52,11 +54,46 @@ async def test_unknown_key_and_foreign_revocation(auth: Authenticator) -> None:
     row, secret = await auth.create_key(a.id, "", "live", None)
     with pytest.raises(NotFound):
         await auth.revoke_key(b.id, row.id)  # B cannot revoke A's key
-    assert (await auth.admit(secret)).key.status == "active"
+    assert (await auth.admit(secret)).key_id == row.id
 
 
 async def test_test_keys_are_not_billable(auth: Authenticator) -> None:
     account = await auth.create_account("acme", "unlimited")
     _, secret = await auth.create_key(account.id, "", "test", None)
     admitted = await auth.admit(secret)
-    assert not admitted.billable and admitted.window is None
+    assert not admitted.billable and admitted.window is None and admitted.slot_id == ""
+
+
+async def test_guest_requests_are_limited_per_address(auth: Authenticator) -> None:
+    for _ in range(5):
+        guest = await auth.admit("", "10.0.0.1")
+        assert guest.guest and guest.account_id == "acc_guest" and not guest.billable
+        await auth.release(guest.key_id, guest.slot_id)
+    with pytest.raises(RateLimited, match="guest"):
+        await auth.admit("", "10.0.0.1")
+    assert (await auth.admit("", "10.0.0.2")).guest  # another address has its own budget
+
+
+async def test_concurrency_slots_and_daily_tokens(auth: Authenticator) -> None:
+    account = await auth.create_account("acme", "basic")
+    row, secret = await auth.create_key(account.id, "", "live", None)
+    await auth.update_limits(row.id, {"concurrency_limit": 2, "tokens_per_day_limit": 100, "rpm_limit": -1})
+    a, b = await auth.admit(secret), await auth.admit(secret)
+    assert a.window is None  # rpm override -1: no per-minute limit
+    with pytest.raises(RateLimited, match="concurrency"):
+        await auth.admit(secret)
+    await auth.release(a.key_id, a.slot_id)
+    c = await auth.admit(secret)
+    await auth.release(b.key_id, b.slot_id)
+    await auth.release(c.key_id, c.slot_id)
+    await auth.record_tokens(row.id, 100, time.time())
+    with pytest.raises(RateLimited, match="tokens per UTC day"):
+        await auth.admit(secret)
+
+
+async def test_a_burst_of_bad_keys_is_capped(auth: Authenticator) -> None:
+    for i in range(60):
+        with pytest.raises(AuthenticationFailed):
+            await auth.admit(f"gw_live_{i:032d}", "10.9.9.9")
+    with pytest.raises(RateLimited, match="failed authentications"):
+        await auth.admit("gw_live_" + "Q" * 32, "10.9.9.9")

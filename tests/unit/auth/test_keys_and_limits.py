@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+import os
+import secrets
+
 import pytest
 
-from faregate.errors import AuthenticationFailed, InvalidRequest, RateLimited
+from faregate.errors import AuthenticationFailed, InvalidRequest
 from services.auth import keys
-from services.auth.limits import RpmLimiter, plan_named
+from services.auth.limits import Counters, Limits, LocalCounters, Plans, RedisCounters
 
 
 def test_generated_keys_have_the_documented_format() -> None:
@@ -42,23 +46,56 @@ def test_hashes_are_keyed() -> None:
         keys.KeyHasher(b"short")
 
 
-def test_rpm_limiter_counts_per_key_and_resets_each_minute() -> None:
-    now = [1_000_020.0]
-    limiter = RpmLimiter(clock=lambda: now[0])
-    windows = [limiter.hit("k1", 3) for _ in range(3)]
-    assert [w.remaining for w in windows if w] == [2, 1, 0]
-    assert windows[0] is not None and windows[0].reset_at == 1_000_080
-    with pytest.raises(RateLimited) as info:
-        limiter.hit("k1", 3)
-    assert info.value.retry_after == 60 and "3 requests per minute" in info.value.message
-    assert limiter.hit("k2", 3) is not None  # another key, its own window
-    now[0] += 60
-    assert limiter.hit("k1", 3) is not None
-    assert limiter.hit("k1", None) is None  # unlimited
+@pytest.fixture(params=["local", "redis"])
+async def counters(request: pytest.FixtureRequest):
+    if request.param == "local":
+        yield LocalCounters()
+        return
+    url = os.environ.get("FAREGATE_TEST_REDIS_URL")
+    if not url:
+        pytest.skip("Redis counters run in the infrastructure suite (FAREGATE_TEST_REDIS_URL)")
+    c = RedisCounters.from_url(url, f"faregate-test-{secrets.token_hex(4)}:")
+    yield c
+    await c.close()
 
 
-def test_plans() -> None:
-    assert plan_named("basic").rpm == 60 and plan_named("BASIC").concurrency == 64
-    assert plan_named("unlimited").rpm is None
+async def test_take_never_exceeds_the_limit_under_concurrency(counters: Counters) -> None:
+    results = await asyncio.gather(*(counters.take("b", 10, 60) for _ in range(50)))
+    assert sorted(r for r in results if r > 0) == list(range(1, 11))
+    assert results.count(-1) == 40
+    assert await counters.get("b") == 10
+
+
+async def test_slots_are_leases(counters: Counters) -> None:
+    assert await counters.acquire("c", "s1", 2, 30, now=1000)
+    assert await counters.acquire("c", "s2", 2, 30, now=1000)
+    assert not await counters.acquire("c", "s3", 2, 30, now=1001)
+    await counters.release("c", "s1")
+    assert await counters.acquire("c", "s3", 2, 30, now=1002)
+    # s2 was never renewed: after its lease it no longer counts; s3 is renewed and still does.
+    await counters.renew("c", "s3", 30, now=1025)
+    assert await counters.acquire("c", "s4", 2, 30, now=1040)
+    assert not await counters.acquire("c", "s5", 2, 30, now=1041)
+
+
+async def test_add_accumulates(counters: Counters) -> None:
+    await counters.add("t", 5, 60)
+    await counters.add("t", 7, 60)
+    assert await counters.get("t") == 12
+
+
+def test_plans_defaults_and_overrides() -> None:
+    plans = Plans.from_json(None)
+    assert plans.named("basic") == Limits(60, 1_000, 500_000, 64)
+    assert plans.named("PRO").rpm == 120 and plans.named("enterprise").tokens_per_day == 6_000_000
+    assert plans.named("unlimited") == Limits(None, None, None, None)
     with pytest.raises(InvalidRequest):
-        plan_named("platinum")
+        plans.named("platinum")
+    custom = Plans.from_json('{"basic": {"rpm": 100}, "team": {"rpm": 10, "concurrency": 2}}')
+    assert custom.named("basic").rpm == 100 and custom.named("basic").requests_per_day == 1_000
+    assert custom.named("team") == Limits(10, None, None, 2)
+    with pytest.raises(ValueError):
+        Plans.from_json('{"basic": {"rpn": 1}}')
+    assert plans.named("basic").overridden(rpm=-1, concurrency=5, tokens_per_day=None) == Limits(
+        None, 1_000, 500_000, 5
+    )

@@ -1,0 +1,59 @@
+"""Tokens per day: auth learns what each key used from the usage stream, off the hot path.
+
+With Redis the counters are shared and survive restarts, so a durable consumer resumes where
+it stopped. Without Redis the counters live in this process, so each start replays today's
+records (an ephemeral consumer from UTC midnight) to rebuild them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from google.protobuf.message import DecodeError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from faregate.events import UsageStream
+from faregate.pb.events.v1.usage_pb2 import UsageRecord
+from services.auth.admission import Authenticator
+
+log = logging.getLogger(__name__)
+
+
+async def follow_usage(js: JetStreamContext, stream: UsageStream, auth: Authenticator, *, durable: bool) -> None:
+    midnight = datetime.fromtimestamp(time.time() // 86_400 * 86_400, tz=UTC)
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.EXPLICIT,
+        filter_subject=stream.subject,
+        deliver_policy=DeliverPolicy.NEW if durable else DeliverPolicy.BY_START_TIME,
+        opt_start_time=None if durable else midnight,
+        max_ack_pending=20_000,
+    )
+    sub = await js.pull_subscribe(
+        stream.subject, durable="auth-tokens" if durable else None, stream=stream.name, config=config
+    )
+    while True:
+        try:
+            msgs = await sub.fetch(500, timeout=1.0)
+        except TimeoutError:
+            continue
+        except Exception as exc:
+            log.warning("usage fetch failed (%s); retrying", exc)
+            await asyncio.sleep(0.5)
+            continue
+        for msg in msgs:
+            record = UsageRecord()
+            try:
+                record.ParseFromString(msg.data)
+            except DecodeError:
+                await msg.ack()
+                continue
+            await auth.record_tokens(
+                record.key_id, record.prompt_tokens + record.completion_tokens, record.started_at_ms / 1000
+            )
+            await msg.ack()
+        if len(msgs) < 500:
+            await asyncio.sleep(0.05)

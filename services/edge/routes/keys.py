@@ -1,0 +1,68 @@
+"""/v1/keys: an account manages its own keys, authenticated by one of them.
+
+Every call is scoped to the calling key's account: another account's key id is simply not
+found. A test key can only create test keys.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import Field
+
+from faregate.errors import Forbidden
+from faregate.pb.auth.v1 import auth_pb2
+from services.edge.clients import unary
+from services.edge.context import bearer, edge
+from services.edge.routes.admin import MODES, Body, key_json, parse
+from services.edge.routes.responses import json_response
+
+router = APIRouter(prefix="/v1/keys")
+
+
+class NewOwnKey(Body):
+    name: str = Field(default="", max_length=200)
+    mode: Literal["live", "test"] | None = None
+    expires_at: int | None = Field(default=None, gt=0, description="Unix seconds")
+
+
+async def caller(request: Request) -> auth_pb2.AuthenticateResponse:
+    ctx = edge(request)
+    return await unary(
+        ctx.clients.auth.Identify,
+        auth_pb2.AuthenticateRequest(api_key=bearer(request), client_ip=ctx.client_ip(request)),
+    )
+
+
+@router.get("")
+async def list_keys(request: Request) -> Response:
+    me = await caller(request)
+    reply = await unary(edge(request).clients.auth.ListKeys, auth_pb2.ListKeysRequest(account_id=me.account_id))
+    return json_response({"object": "list", "data": [key_json(k) for k in reply.keys]})
+
+
+@router.post("", status_code=201)
+async def create_key(request: Request) -> Response:
+    me = await caller(request)
+    body = await parse(request, NewOwnKey)
+    mode = body.mode or ("test" if me.mode == auth_pb2.KEY_MODE_TEST else "live")
+    if me.mode == auth_pb2.KEY_MODE_TEST and mode == "live":
+        raise Forbidden("a test key can only create test keys", code="test_key_cannot_create_live_key", param="mode")
+    created = await unary(
+        edge(request).clients.auth.CreateKey,
+        auth_pb2.CreateKeyRequest(
+            account_id=me.account_id, name=body.name, mode=MODES[mode], expires_at=body.expires_at or 0
+        ),
+    )
+    return json_response({**key_json(created.key), "key": created.secret}, 201)
+
+
+@router.delete("/{key_id}")
+async def revoke_key(request: Request, key_id: str) -> Response:
+    me = await caller(request)
+    revoked = await unary(
+        edge(request).clients.auth.RevokeKey, auth_pb2.RevokeKeyRequest(account_id=me.account_id, key_id=key_id)
+    )
+    return json_response({**key_json(revoked), "deleted": True})
