@@ -135,6 +135,7 @@ class Stack:
             self.env["FAREGATE_DATABASE_URL"] = db_url
         if infra.redis_url:
             self.env["FAREGATE_REDIS_URL"] = infra.redis_url
+            self.env["FAREGATE_REDIS_PREFIX"] = f"faregate-test-{tag}:"
         if catalog is not None:
             path = home / "catalog.yaml"
             home.mkdir(parents=True, exist_ok=True)
@@ -152,14 +153,26 @@ class Stack:
             self.start_service(name)
         return self
 
-    def start_service(self, name: str) -> processes.Proc:
-        proc = self.launcher.service(name)
-        self.procs[name] = proc
+    def start_service(self, name: str, *, replica: str | None = None) -> processes.Proc:
+        """Start a service; ``replica`` starts one more replica of it listening there."""
+        env = None
+        if replica is not None:
+            env = {f"FAREGATE_{name.upper()}_ADDR": replica}
+        proc = self.launcher.service(name, env)
+        self.procs[replica or name] = proc
         if name == "edge":
             processes.wait_http_ok(f"{self.url}/health", proc)
         else:
-            processes.wait_grpc_serving(self.addrs[name], proc)
+            processes.wait_grpc_serving(replica or self.addrs[name].split(",")[0], proc)
         return proc
+
+    def add_replica_address(self, name: str) -> str:
+        """Make the stack's clients balance over one more replica address (before starting)."""
+        extra = f"127.0.0.1:{processes.free_port()}"
+        self.addrs[name] = f"{self.addrs[name]},{extra}"
+        self.env[f"FAREGATE_{name.upper()}_ADDR"] = self.addrs[name]
+        self.launcher.env = self.env
+        return extra
 
     def kill(self, name: str) -> None:
         self.procs[name].kill()

@@ -14,6 +14,7 @@ from tests.harness import Stack, wait_for
 pytestmark = pytest.mark.e2e
 
 HELLO = [{"role": "user", "content": "hello"}]
+LONG = [{"role": "user", "content": "word " * 100}]  # a reply long enough to stream for seconds
 
 
 def auth(key: str) -> dict[str, str]:
@@ -133,7 +134,7 @@ def test_concurrency_ceiling_and_slots_come_back(stack: Stack, fake_upstream) ->
     key = stack.create_key(acc)
     key_id = stack.http.get("/v1/keys", headers=auth(key)).json()["data"][0]["id"]
     stack.admin("PATCH", f"/admin/keys/{key_id}", {"concurrency": 2})
-    body = {"model": "fake-model", "messages": HELLO, "stream": True}
+    body = {"model": "fake-model", "messages": LONG, "stream": True}
     fake_upstream.set_behavior("ok", model="fake-upstream-model", chunks=50, chunk_interval=0.05)
     try:
         with (

@@ -188,7 +188,10 @@ class FakeUpstream:
             doc = {**base, "object": "chat.completion.chunk", "choices": choices, **extra}
             if want_usage and "usage" not in extra:
                 doc["usage"] = None
-            await resp.write(b"data: " + orjson.dumps(doc) + b"\n\n")
+            try:
+                await resp.write(b"data: " + orjson.dumps(doc) + b"\n\n")
+            except ConnectionResetError:  # the gateway went away mid-stream: that is its right
+                raise asyncio.CancelledError from None
             if b.chunk_interval:
                 await asyncio.sleep(b.chunk_interval)
 
