@@ -64,6 +64,32 @@ def edge() -> None:
     run(serve(settings))
 
 
+ledger_app = typer.Typer(no_args_is_help=True, help="Check the ledger (billing's database).")
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("verify")
+def ledger_verify() -> None:
+    """Check every wallet equals the sum of its entries and every usage entry its one UsageRecord.
+
+    Reads billing's database (FAREGATE_DATABASE_URL or the SQLite file under FAREGATE_HOME);
+    exits 1 on any mismatch.
+    """
+    import asyncio
+
+    from services.billing.verify import check_database
+
+    settings = BillingSettings()
+    report = asyncio.run(check_database(settings.database_url_for("billing")))
+    typer.echo(
+        f"ledger: {report.wallets} wallets, {report.entries} entries, {report.usage_records} usage records; "
+        f"{report.mismatches} mismatches"
+    )
+    for line in report.details:
+        typer.echo(f"  MISMATCH {line}", err=True)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 @app.command()
 def up() -> None:
     """Start everything (a private NATS if FAREGATE_NATS_URL is unset); Ctrl-C stops all."""

@@ -68,6 +68,13 @@ class AuthSettings(DatabaseSettings):
 class BillingSettings(DatabaseSettings):
     consumer_batch: int = 256
     consumer_max_wait: float = 0.05  # seconds a fetch may wait to fill a batch
+    consumer_ack_wait: float = Field(default=30.0, gt=0)  # unacked records (a crashed billing) come back after this
+    min_balance_usd: float = 0.0  # refuse (402) when balance + credit - holds is below this
+    hold_ttl_seconds: float = Field(default=900.0, gt=0)  # a hold whose request never reports expires
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None  # tests point the SDK at a local Stripe-compatible stub
+    stripe_webhook_tolerance_seconds: int = Field(default=300, gt=0)
 
 
 class RouterSettings(Settings):
@@ -82,6 +89,8 @@ class EdgeSettings(Settings):
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed, comma-separated
     admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    funds_fail_open: bool = True  # billing unreachable: admit live requests without a hold (still billed)
+    catalog_refresh_seconds: float = Field(default=60.0, gt=0)  # prices for holds, also on catalog.changed
 
     def admin_secret(self) -> str:
         return self.secret("admin_token", self.admin_token).get_secret_value()

@@ -183,6 +183,13 @@ class Authenticator:
             )
         return slot
 
+    def monthly_quota(self, plan: str) -> int | None:
+        """The plan's tokens per UTC month (None: no quota). Billing counts what was used."""
+        try:
+            return self._plans.named(plan).tokens_per_month
+        except InvalidRequest:  # a plan removed from FAREGATE_PLANS since the account was made
+            return None
+
     async def release(self, key_id: str, slot: str) -> None:
         if slot:
             await self._counters.release(_slot_bucket(key_id), slot)

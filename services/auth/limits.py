@@ -30,6 +30,7 @@ class Limits:
     requests_per_day: int | None
     tokens_per_day: int | None
     concurrency: int | None
+    tokens_per_month: int | None = None  # the plan's monthly quota: reported by /v1/balance (billing counts use)
 
     def overridden(self, **overrides: int | None) -> Limits:
         """Apply per-key overrides: None keeps the plan's, UNLIMITED removes the limit."""
@@ -38,9 +39,9 @@ class Limits:
 
 
 DEFAULT_PLANS: dict[str, Limits] = {
-    "basic": Limits(60, 1_000, 500_000, 64),
-    "pro": Limits(120, None, 2_000_000, 64),
-    "enterprise": Limits(300, None, 6_000_000, 64),
+    "basic": Limits(60, 1_000, 500_000, 64, tokens_per_month=10_000_000),
+    "pro": Limits(120, None, 2_000_000, 64, tokens_per_month=50_000_000),
+    "enterprise": Limits(300, None, 6_000_000, 64, tokens_per_month=150_000_000),
     "unlimited": Limits(None, None, None, None),
 }
 DEFAULT_PLAN = "basic"

@@ -77,7 +77,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> pb.AuthenticateResponse:
         key = await self._auth.identify(request.api_key, request.client_ip)
         return pb.AuthenticateResponse(
-            account_id=key.account_id, key_id=key.id, mode=_MODES[key.mode], plan=key.plan, billable=key.mode == "live"
+            account_id=key.account_id,
+            key_id=key.id,
+            mode=_MODES[key.mode],
+            plan=key.plan,
+            billable=key.mode == "live",
+            monthly_token_quota=self._auth.monthly_quota(key.plan),
         )
 
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -21,10 +22,18 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from faregate.events import UsageStream
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.billing.ledger import Ledger
+from services.billing.storage import USAGE_STRING_LIMITS
 
 log = logging.getLogger(__name__)
 
 DURABLE = "billing-ledger"
+MAX_RECORD_COST_MICROS = 10_000 * 1_000_000  # one request costing more than 10,000 USD is a bug upstream of us
+
+UnknownAccounts = Callable[[Iterable[str]], Awaitable[set[str]]]
+
+
+async def _all_known(account_ids: Iterable[str]) -> set[str]:
+    return set()
 
 
 @dataclass
@@ -44,12 +53,16 @@ class UsageConsumer:
         *,
         batch: int = 256,
         max_wait: float = 0.05,
+        ack_wait: float = 30.0,
+        unknown_accounts: UnknownAccounts = _all_known,
     ) -> None:
         self._js = js
         self._stream = stream
         self._ledger = ledger
+        self._unknown_accounts = unknown_accounts
         self._batch = batch
         self._max_wait = max_wait
+        self._ack_wait = ack_wait
         self.stats = ConsumerStats()
 
     async def run(self) -> None:
@@ -61,7 +74,7 @@ class UsageConsumer:
                 durable_name=DURABLE,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30,
+                ack_wait=self._ack_wait,
                 max_ack_pending=20_000,
                 filter_subject=self._stream.subject,
             ),
@@ -101,6 +114,21 @@ class UsageConsumer:
         if not records:
             return
         try:
+            unknown = await self._unknown_accounts({r.account_id for r in records})
+        except Exception as exc:  # auth unreachable: try the batch again later, drop nothing
+            log.warning("cannot check accounts of %d usage records (%s); they will be redelivered", len(records), exc)
+            for msg in good:
+                await msg.nak(delay=1.0)
+            return
+        if unknown:
+            kept = [(r, m) for r, m in zip(records, good, strict=True) if r.account_id not in unknown]
+            for r, m in zip(records, good, strict=True):
+                if r.account_id in unknown:
+                    await self._dead_letter(m, f"unknown account {r.account_id!r}")
+            records, good = [r for r, _ in kept], [m for _, m in kept]
+            if not records:
+                return
+        try:
             result = await self._ledger.apply_usage(records)
         except Exception:
             log.exception("applying %d usage records failed; they will be redelivered", len(records))
@@ -130,4 +158,9 @@ def _invalid(r: UsageRecord) -> str | None:
         return "UsageRecord without account_id"
     if r.cost_micros < 0 or r.prompt_tokens < 0 or r.completion_tokens < 0:
         return "UsageRecord with negative cost or tokens"
+    if r.cost_micros > MAX_RECORD_COST_MICROS:
+        return "UsageRecord with an absurd cost"
+    for name, limit in USAGE_STRING_LIMITS.items():
+        if len(getattr(r, name)) > limit:
+            return f"UsageRecord with {name} over {limit} characters"
     return None

@@ -1,4 +1,5 @@
-"""Billing's tables: wallets, the append-only ledger, and the request log (metadata only)."""
+"""Billing's tables: wallets, the append-only ledger, holds, the request log (metadata only)
+and Stripe customers. Migrations: ``migrations/billing/``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ wallets = Table(
     "wallets",
     metadata,
     Column("account_id", String(40), primary_key=True),
-    Column("balance_micros", BigInteger, nullable=False),
+    Column("balance_micros", BigInteger, nullable=False),  # always the sum of the account's entries
     Column("updated_at_ms", BigInteger, nullable=False),
+    Column("credit_limit_micros", BigInteger, nullable=False, server_default="0"),  # granted credit
 )
 
 ledger_entries = Table(
@@ -29,6 +31,7 @@ ledger_entries = Table(
     Column("request_id", String(64)),
     Column("note", String(400), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
+    Column("reference", String(100)),  # e.g. the Stripe payment intent a top-up, refund or dispute belongs to
 )
 
 usage_records = Table(
@@ -51,13 +54,51 @@ usage_records = Table(
     Column("started_at_ms", BigInteger, nullable=False),
     Column("latency_ms", BigInteger, nullable=False),
     Column("ttft_ms", BigInteger, nullable=False),
+    Column("hold_id", String(64)),
 )
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the request id
+    Column("account_id", String(40), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+)
+
+stripe_customers = Table(
+    "stripe_customers",
+    metadata,
+    Column("account_id", String(40), primary_key=True),
+    Column("customer_id", String(100), nullable=False, unique=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+# What a UsageRecord's strings may hold (longer ones are dead-lettered, never truncated).
+USAGE_STRING_LIMITS = {
+    "request_id": 64,
+    "account_id": 40,
+    "key_id": 40,
+    "model": 200,
+    "provider": 100,
+    "provider_model": 200,
+    "endpoint": 40,
+    "hold_id": 64,
+}
+
+
+def insert_for(dialect: str) -> Any:
+    return pg_insert if dialect == "postgresql" else sqlite_insert
 
 
 def add_to_wallet(dialect: str, account_id: str, delta: int, at_ms: int) -> Any:
-    """One statement that creates the wallet or moves its balance by ``delta``."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(wallets).values(account_id=account_id, balance_micros=delta, updated_at_ms=at_ms)
+    """One statement that creates the wallet or moves its balance by ``delta``.
+
+    It also takes the wallet's row lock (PostgreSQL) or the write lock (SQLite), so
+    everything after it in the transaction is serialised per account.
+    """
+    stmt = insert_for(dialect)(wallets).values(account_id=account_id, balance_micros=delta, updated_at_ms=at_ms)
     return stmt.on_conflict_do_update(
         index_elements=[wallets.c.account_id],
         set_={"balance_micros": wallets.c.balance_micros + delta, "updated_at_ms": at_ms},

@@ -14,7 +14,8 @@ from faregate.settings import EdgeSettings, split_host_port
 from services.edge import errors
 from services.edge.clients import Clients
 from services.edge.context import EdgeContext, parse_networks
-from services.edge.routes import admin, chat, health, keys, models
+from services.edge.funds import Funds
+from services.edge.routes import admin, billing, chat, health, keys, models, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +24,24 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         clients = Clients.connect(settings)
+        funds = Funds(
+            clients.billing,
+            clients.router,
+            fail_open=settings.funds_fail_open,
+            refresh_seconds=settings.catalog_refresh_seconds,
+        )
+        funds.start(settings.nats_url)
         try:
             ctx = EdgeContext(settings, clients, settings.admin_secret(), parse_networks(settings.trusted_proxies))
-            yield {"edge": ctx}
+            yield {"edge": ctx, "funds": funds}
         finally:
+            await funds.close()
             await clients.close()
 
     app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
-    for module in (models, keys, admin, health):
+    for module in (models, keys, admin, health, billing, webhooks):
         app.include_router(module.router)
     return app
 

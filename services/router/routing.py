@@ -195,4 +195,5 @@ def _record(request: pb.CompletionRequest, model: Model, route: Route, stream: b
         billable=c.billable and not model.test,
         started_at_ms=int(started * 1000),
         stream=stream,
+        hold_id=c.hold_id,
     )

@@ -22,6 +22,7 @@ from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.router.v1 import router_pb2
 from services.edge.clients import unary
 from services.edge.context import EdgeContext, bearer, edge, new_request_id
+from services.edge.funds import funds
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -42,20 +43,28 @@ async def chat_completions(request: Request) -> Response:
     raw = await request.body()
     if len(raw) > ctx.settings.max_body_bytes:
         raise PayloadTooLarge(f"request body is over {ctx.settings.max_body_bytes} bytes")
-    admitted = await unary(
-        ctx.clients.auth.Authenticate,
-        auth_pb2.AuthenticateRequest(api_key=bearer(request), client_ip=ctx.client_ip(request), request_id=request_id),
+    key = bearer(request)
+    admitted, hold = await funds(request).admit(  # auth and billing in one round (services/edge/funds.py)
+        key,
+        raw,
+        request_id,
+        unary(
+            ctx.clients.auth.Authenticate,
+            auth_pb2.AuthenticateRequest(api_key=key, client_ip=ctx.client_ip(request), request_id=request_id),
+        ),
     )
     slot = Slot(ctx, admitted)
     try:
-        return await _answer(ctx, request_id, admitted, raw, slot)
+        hold.check()
+        return await _answer(ctx, request_id, admitted, raw, slot, hold.id)
     except BaseException:
         slot.release()
+        hold.release()
         raise
 
 
 async def _answer(
-    ctx: EdgeContext, request_id: str, admitted: auth_pb2.AuthenticateResponse, raw: bytes, slot: Slot
+    ctx: EdgeContext, request_id: str, admitted: auth_pb2.AuthenticateResponse, raw: bytes, slot: Slot, hold_id: str
 ) -> Response:
     call = ctx.clients.router.ChatCompletion(
         router_pb2.CompletionRequest(
@@ -67,6 +76,7 @@ async def _answer(
                 test_mode=admitted.mode == auth_pb2.KEY_MODE_TEST,
                 max_tokens_cap=admitted.max_tokens_cap,
                 guest=admitted.guest,
+                hold_id=hold_id,
             ),
             body=raw,
         )

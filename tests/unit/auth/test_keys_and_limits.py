@@ -86,7 +86,7 @@ async def test_add_accumulates(counters: Counters) -> None:
 
 def test_plans_defaults_and_overrides() -> None:
     plans = Plans.from_json(None)
-    assert plans.named("basic") == Limits(60, 1_000, 500_000, 64)
+    assert plans.named("basic") == Limits(60, 1_000, 500_000, 64, tokens_per_month=10_000_000)
     assert plans.named("PRO").rpm == 120 and plans.named("enterprise").tokens_per_day == 6_000_000
     assert plans.named("unlimited") == Limits(None, None, None, None)
     with pytest.raises(InvalidRequest):
@@ -97,5 +97,5 @@ def test_plans_defaults_and_overrides() -> None:
     with pytest.raises(ValueError):
         Plans.from_json('{"basic": {"rpn": 1}}')
     assert plans.named("basic").overridden(rpm=-1, concurrency=5, tokens_per_day=None) == Limits(
-        None, 1_000, 500_000, 5
+        None, 1_000, 500_000, 5, tokens_per_month=10_000_000
     )

@@ -54,7 +54,7 @@ async def test_balance_equals_the_sum_of_entries(ledger: Ledger) -> None:
     await ledger.credit("acc_2", 5_000, note="grant")
     await ledger.apply_usage([usage(f"q{i}", "acc_2", cost=i) for i in range(20)])
     await ledger.apply_usage([usage("free", "acc_2", cost=999, billable=False)])
-    entries = await ledger.entries("acc_2", 1000)
+    entries = (await ledger.entries("acc_2", 1000)).entries
     assert sum(e["amount_micros"] for e in entries) == (await ledger.wallet("acc_2")).balance_micros
     assert next(e for e in entries if e["request_id"] == "free")["amount_micros"] == 0
 
@@ -74,4 +74,4 @@ async def test_accounts_do_not_mix(ledger: Ledger) -> None:
     await ledger.apply_usage([usage("a1", "acc_a", cost=10), usage("b1", "acc_b", cost=20)])
     assert (await ledger.wallet("acc_a")).balance_micros == -10
     assert (await ledger.wallet("acc_b")).balance_micros == -20
-    assert [e["request_id"] for e in await ledger.entries("acc_a")] == ["a1"]
+    assert [e["request_id"] for e in (await ledger.entries("acc_a")).entries] == ["a1"]
