@@ -36,7 +36,8 @@ async def serve(settings: BillingSettings) -> None:
     wallets = Wallets(
         sessions, min_balance_micros=usd_to_micros(settings.min_balance_usd), hold_ttl=settings.hold_ttl_seconds
     )
-    topups = TopUps(sessions, StripePayments.from_settings(settings))
+    stripe_payments = StripePayments.from_settings(settings)
+    topups = TopUps(sessions, stripe_payments)
     auth_channel = insecure_channel(settings.auth_addr)
     accounts = AccountDirectory(auth_pb2_grpc.AuthServiceStub(auth_channel))
     nc = await events.connect(settings.nats_url, name="faregate-billing")
@@ -74,4 +75,5 @@ async def serve(settings: BillingSettings) -> None:
                 await task
         await nc.drain()
         await auth_channel.close()
+        await stripe_payments.close()
         await engine.dispose()

@@ -44,23 +44,30 @@ class StripePayments:
         webhook_secret: str | None,
         *,
         tolerance: int = 300,
+        http_client: stripe.HTTPClient | None = None,
     ) -> None:
         self._client = client
         self._webhook_secret = webhook_secret
         self._tolerance = tolerance
+        self._http = http_client
 
     @classmethod
     def from_settings(cls, settings: BillingSettings) -> StripePayments:
-        client = None
+        client = http = None
         if settings.stripe_secret_key is not None:
+            http = stripe.AIOHTTPClient(timeout=20)
             client = stripe.StripeClient(
                 settings.stripe_secret_key.get_secret_value(),
                 base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
-                http_client=stripe.HTTPXClient(timeout=20),
+                http_client=http,
                 max_network_retries=2,
             )
         secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
-        return cls(client, secret, tolerance=settings.stripe_webhook_tolerance_seconds)
+        return cls(client, secret, tolerance=settings.stripe_webhook_tolerance_seconds, http_client=http)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close_async()
 
     def _api(self) -> stripe.StripeClient:
         if self._client is None:
