@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +178,12 @@ class Stack:
     def kill(self, name: str) -> None:
         self.procs[name].kill()
 
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``faregate <args>`` with this stack's configuration (e.g. ``ledger verify``)."""
+        return subprocess.run(
+            [sys.executable, "-m", "faregate.cli", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
     def stop(self) -> None:
         self.http.close()
         self.launcher.stop_all()
@@ -213,6 +220,33 @@ class Stack:
         assert resp.status_code == 200, resp.text
         value: float = resp.json()["balance_usd"]
         return value
+
+
+class PrivateNats:
+    """A nats-server of a test's own (JetStream on disk), which the test may restart in place."""
+
+    def __init__(self, store_dir: Path) -> None:
+        self.store_dir = store_dir
+        self.port = processes.free_port()
+        self.launcher = processes.Launcher(dict(os.environ))
+        self.proc: processes.Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> PrivateNats:
+        self.proc, _ = self.launcher.nats(self.store_dir, self.port)
+        return self
+
+    def restart(self) -> None:
+        """Stop the server (SIGTERM: JetStream flushes its store) and start it again, same port and store."""
+        assert self.proc is not None
+        self.proc.stop()
+        self.start()
+
+    def stop(self) -> None:
+        self.launcher.stop_all()
 
 
 def python() -> str:

@@ -137,6 +137,8 @@ class UsageConsumer:
             return
         self.stats.applied += result.applied
         self.stats.duplicates += result.duplicates
+        if result.duplicates:
+            log.info("%d usage records were already applied (redelivered or republished): no-ops", result.duplicates)
         for msg in good:
             await msg.ack()
 

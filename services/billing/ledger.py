@@ -15,12 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from faregate.errors import InvalidRequest
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.billing import cursors
-from services.billing.storage import add_to_wallet, holds, insert_for, ledger_entries, usage_records, wallets
+from services.billing.storage import (
+    Store,
+    add_to_wallet,
+    holds,
+    insert_for,
+    ledger_entries,
+    usage_records,
+    wallets,
+)
 
 MAX_CREDIT_MICROS = 1_000_000 * 1_000_000  # one million USD in one movement
 KINDS = ("usage", "topup", "credit_grant", "refund", "dispute", "adjustment")
@@ -51,22 +59,22 @@ class EntryPage:
 
 
 class Ledger:
-    def __init__(self, sessions: async_sessionmaker[Any]) -> None:
-        self._sessions = sessions
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
     async def apply_usage(self, records: list[UsageRecord]) -> Applied:
         """Apply a batch of usage records in one transaction; already-applied ones are no-ops."""
         unique = {r.request_id: r for r in records}
         at = now_ms()
-        async with self._sessions.begin() as s:
-            dialect = s.get_bind().dialect.name
-            inserted = await s.scalars(
+        dialect = self._store.dialect
+        async with self._store.write() as s:
+            inserted = await s.execute(
                 insert_for(dialect)(usage_records)
                 .on_conflict_do_nothing(index_elements=[usage_records.c.request_id])
                 .returning(usage_records.c.request_id),
                 [_usage_row(r) for r in unique.values()],
             )
-            new = [unique[rid] for rid in inserted.all()]
+            new = [unique[rid] for rid in inserted.scalars().all()]
             if new:
                 await s.execute(
                     ledger_entries.insert(),
@@ -106,7 +114,7 @@ class Ledger:
         reference: str | None = None,
     ) -> tuple[WalletView, bool]:
         """Add a signed amount to a wallet once per idempotency key. Returns (wallet, applied)."""
-        async with self._sessions.begin() as s:
+        async with self._store.write() as s:
             applied = await post(
                 s,
                 account_id,
@@ -119,7 +127,7 @@ class Ledger:
         return await self.wallet(account_id), applied
 
     async def wallet(self, account_id: str) -> WalletView:
-        async with self._sessions() as s:
+        async with self._store.read() as s:
             balance = await s.scalar(select(wallets.c.balance_micros).where(wallets.c.account_id == account_id))
             count = await s.scalar(
                 select(func.count()).select_from(ledger_entries).where(ledger_entries.c.account_id == account_id)
@@ -136,7 +144,7 @@ class Ledger:
                 raise InvalidRequest("cursor is not one this list gave out", code="invalid_cursor", param="cursor")
             q = q.where(ledger_entries.c.id < int(before))
         q = q.order_by(ledger_entries.c.id.desc()).limit(size + 1)
-        async with self._sessions() as s:
+        async with self._store.read() as s:
             rows = [dict(r._mapping) for r in (await s.execute(q)).all()]
         more = len(rows) > size
         rows = rows[:size]
@@ -144,7 +152,7 @@ class Ledger:
 
 
 async def post(
-    s: AsyncSession,
+    s: AsyncConnection,
     account_id: str,
     amount_micros: int,
     *,
@@ -165,7 +173,7 @@ async def post(
         raise InvalidRequest("account_id is required", param="account_id")
     key = idempotency_key or f"{kind}:{secrets.token_hex(12)}"
     at = now_ms()
-    dialect = s.get_bind().dialect.name
+    dialect = s.dialect.name
     inserted = await s.scalar(
         insert_for(dialect)(ledger_entries)
         .values(

@@ -17,6 +17,7 @@ from services.billing.accounts import AccountDirectory
 from services.billing.consumer import UsageConsumer
 from services.billing.ledger import Ledger
 from services.billing.servicer import BillingServicer
+from services.billing.storage import Store
 from services.billing.stripe_payments import StripePayments
 from services.billing.topups import TopUps
 from services.billing.views import UsageViews
@@ -31,13 +32,13 @@ async def serve(settings: BillingSettings) -> None:
     url = settings.database_url_for("billing")
     await db.upgrade_async("billing", url)
     engine = db.make_engine(url)
-    sessions = db.make_sessionmaker(engine)
-    ledger = Ledger(sessions)
+    store = Store(engine)
+    ledger = Ledger(store)
     wallets = Wallets(
-        sessions, min_balance_micros=usd_to_micros(settings.min_balance_usd), hold_ttl=settings.hold_ttl_seconds
+        store, min_balance_micros=usd_to_micros(settings.min_balance_usd), hold_ttl=settings.hold_ttl_seconds
     )
     stripe_payments = StripePayments.from_settings(settings)
-    topups = TopUps(sessions, stripe_payments)
+    topups = TopUps(store, stripe_payments)
     auth_channel = insecure_channel(settings.auth_addr)
     accounts = AccountDirectory(auth_pb2_grpc.AuthServiceStub(auth_channel))
     nc = await events.connect(settings.nats_url, name="faregate-billing")
@@ -58,7 +59,7 @@ async def serve(settings: BillingSettings) -> None:
         asyncio.create_task(wallets.sweep_forever(), name="hold-sweeper"),
     ]
     addr = settings.bind_addr(settings.billing_addr)
-    servicer = BillingServicer(ledger, wallets, UsageViews(sessions), topups, consumer.stats)
+    servicer = BillingServicer(ledger, wallets, UsageViews(store), topups, consumer.stats)
     server, _ = await start_server(
         addr,
         lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(servicer, s),

@@ -92,8 +92,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return wallet_message(await self._wallets.summary(request.account_id))
 
     async def Reserve(self, request: pb.ReserveRequest, context: Ctx) -> pb.ReserveResponse:
-        available = await self._wallets.reserve(request.account_id, request.request_id, request.amount_micros)
-        return pb.ReserveResponse(hold_id=request.request_id, available_micros=available)
+        await self._wallets.reserve(request.account_id, request.request_id, request.amount_micros)
+        return pb.ReserveResponse(hold_id=request.request_id)
 
     async def ReleaseHold(self, request: pb.ReleaseHoldRequest, context: Ctx) -> pb.ReleaseHoldResponse:
         await self._wallets.release(request.hold_id, request.account_id)

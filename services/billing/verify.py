@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate import db
-
 from services.billing.ledger import KINDS
-from services.billing.storage import holds, ledger_entries, usage_records, wallets
+from services.billing.storage import Store, holds, ledger_entries, usage_records, wallets
 
 MAX_LISTED = 50  # mismatches listed per check; all are counted
 
@@ -43,11 +41,11 @@ class Report:
         self.details.extend(f"{what}: {tuple(r)}" for r in rows[:MAX_LISTED])
 
 
-async def verify(sessions: async_sessionmaker[Any]) -> Report:
+async def verify(store: Store) -> Report:
     e, u, w, h = ledger_entries.c, usage_records.c, wallets.c, holds.c
     report = Report()
     sums = select(e.account_id, func.sum(e.amount_micros).label("total")).group_by(e.account_id).subquery()
-    async with sessions() as s:
+    async with store.read() as s:
         report.wallets = await s.scalar(select(func.count()).select_from(wallets)) or 0
         report.entries = await s.scalar(select(func.count()).select_from(ledger_entries)) or 0
         report.usage_records = await s.scalar(select(func.count()).select_from(usage_records)) or 0
@@ -98,6 +96,6 @@ async def check_database(url: str) -> Report:
     """Verify the ledger in the database at ``url`` (no migration is run)."""
     engine = db.make_engine(url)
     try:
-        return await verify(db.make_sessionmaker(engine))
+        return await verify(Store(engine))
     finally:
         await engine.dispose()

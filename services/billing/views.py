@@ -10,11 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate.errors import InvalidRequest
 from services.billing import cursors
-from services.billing.storage import usage_records
+from services.billing.storage import Store, usage_records
 
 MAX_SPAN_MS = 400 * 86_400_000  # a usage summary covers at most ~13 months
 DAY_MS = 86_400_000
@@ -37,8 +36,8 @@ class UsageGroup:
 
 
 class UsageViews:
-    def __init__(self, sessions: async_sessionmaker[Any]) -> None:
-        self._sessions = sessions
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
     async def requests(self, account_id: str, limit: int = 20, cursor: str = "") -> RequestPage:
         """The account's requests, newest first (by start time, then request id)."""
@@ -51,7 +50,7 @@ class UsageViews:
                 raise InvalidRequest("cursor is not one this list gave out", code="invalid_cursor", param="cursor")
             q = q.where(or_(u.started_at_ms < int(ms), and_(u.started_at_ms == int(ms), u.request_id < rid)))
         q = q.order_by(u.started_at_ms.desc(), u.request_id.desc()).limit(size + 1)
-        async with self._sessions() as s:
+        async with self._store.read() as s:
             rows = [dict(r._mapping) for r in (await s.execute(q)).all()]
         more = len(rows) > size
         rows = rows[:size]
@@ -86,7 +85,7 @@ class UsageViews:
             .group_by(key)
             .order_by(key)
         )
-        async with self._sessions() as s:
+        async with self._store.read() as s:
             rows = (await s.execute(q)).all()
         return [
             UsageGroup(

@@ -17,7 +17,9 @@ If auth refuses, the hold is cancelled (``ReleaseHold``, off the client's path),
 when the router fails before answering; once the router answered, the request's UsageRecord
 carries the hold id and billing releases it when it applies the record. If billing cannot
 be reached, the request goes on without a hold when ``FAREGATE_FUNDS_FAIL_OPEN`` (the
-default: the ledger still bills it when billing is back), or is refused with 503.
+default: the ledger still bills it when billing is back), or is refused with 503. Either way
+the request id (which is also the hold id) still travels with the request, so a hold that
+billing placed before it failed to answer is released with the usage, not left to expire.
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ class Funds:
                 return admitted, NO_HOLD
             self._remember(digest, admitted.account_id)
             return admitted, await self._settle(
-                self._reserve(admitted.account_id, request_id, amount), admitted.account_id
+                self._reserve(admitted.account_id, request_id, amount), admitted.account_id, request_id
             )
         pending = self._reserve(account, request_id, amount)
         try:
@@ -172,14 +174,16 @@ class Funds:
         except BaseException:
             self._spawn(self._undo(pending, account))
             raise
-        hold = await self._settle(pending, account)
+        hold = await self._settle(pending, account, request_id)
         if admitted.account_id != account or not admitted.billable:  # the cache was wrong: redo, in order
             hold.release()
             self._accounts.pop(digest, None)
             if not admitted.billable:
                 return admitted, NO_HOLD
             self._remember(digest, admitted.account_id)
-            hold = await self._settle(self._reserve(admitted.account_id, request_id, amount), admitted.account_id)
+            hold = await self._settle(
+                self._reserve(admitted.account_id, request_id, amount), admitted.account_id, request_id
+            )
         return admitted, hold
 
     async def worst_case(self, api_key: str, raw: bytes) -> int:
@@ -219,20 +223,20 @@ class Funds:
             timeout=RESERVE_TIMEOUT_S,
         )
 
-    async def _settle(self, pending: Any, account_id: str) -> Hold:
+    async def _settle(self, pending: Any, account_id: str, request_id: str) -> Hold:
         try:
             reply = await pending
         except grpc.aio.AioRpcError as exc:
             err = error_from_rpc(exc)
             if isinstance(err, InsufficientBalance):
                 return Hold(refusal=err)
-            return self._billing_down(err)
+            return self._billing_down(err, account_id, request_id)
         except asyncio.CancelledError:
             self._spawn(self._undo(pending, account_id))
             raise
         return Hold(reply.hold_id, account_id, self)
 
-    def _billing_down(self, err: FaregateError) -> Hold:
+    def _billing_down(self, err: FaregateError, account_id: str, request_id: str) -> Hold:
         now = self._clock()
         if now - self._last_warning > WARN_EVERY_S:
             self._last_warning = now
@@ -242,8 +246,15 @@ class Funds:
                 "admitting live requests without a hold" if self._fail_open else "refusing live requests",
             )
         if self._fail_open:
-            return NO_HOLD
-        return Hold(refusal=ServiceUnavailable("billing is unavailable, try again shortly", retry_after=1))
+            # Billing may have placed the hold and lost the answer (a crash, a timeout): its id is
+            # the request id, so carry it anyway and billing releases it when the usage arrives.
+            return Hold(request_id, account_id, self)
+        return Hold(
+            request_id,
+            account_id,
+            self,
+            refusal=ServiceUnavailable("billing is unavailable, try again shortly", retry_after=1),
+        )
 
     async def _undo(self, pending: Any, account_id: str) -> None:
         """The request ended before its hold was known: cancel the hold once it exists."""

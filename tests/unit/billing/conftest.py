@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate import db
+from services.billing.storage import Store
 from tests.harness import create_postgres_database, drop_postgres_database
 
 
@@ -28,7 +27,7 @@ def billing_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-async def sessions(billing_url: str) -> AsyncIterator[async_sessionmaker[Any]]:
+async def store(billing_url: str) -> AsyncIterator[Store]:
     engine = db.make_engine(billing_url)
-    yield db.make_sessionmaker(engine)
+    yield Store(engine)
     await engine.dispose()

@@ -11,6 +11,7 @@ from faregate import db
 from faregate.errors import InvalidRequest
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.billing.ledger import Ledger
+from services.billing.storage import Store
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'billing.db'}"
     await db.upgrade_async("billing", url)
     engine = db.make_engine(url)
-    yield Ledger(db.make_sessionmaker(engine))
+    yield Ledger(Store(engine))
     await engine.dispose()
 
 

@@ -11,26 +11,25 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, update
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate import db
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.billing.ledger import Ledger
-from services.billing.storage import holds, ledger_entries, usage_records, wallets
+from services.billing.storage import Store, holds, ledger_entries, usage_records, wallets
 from services.billing.verify import verify
 
 
 @pytest.fixture
-async def fresh(tmp_path: Path) -> AsyncIterator[tuple[str, async_sessionmaker[Any]]]:
+async def fresh(tmp_path: Path) -> AsyncIterator[tuple[str, Store]]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'billing.db'}"
     await db.upgrade_async("billing", url)
     engine = db.make_engine(url)
-    sessions = db.make_sessionmaker(engine)
-    ledger = Ledger(sessions)
+    store = Store(engine)
+    ledger = Ledger(store)
     await ledger.credit("acc_a", 1_000)
     await ledger.apply_usage([_usage("acc_a", f"r{i}", 10 + i) for i in range(5)])
     await ledger.apply_usage([_usage("acc_b", "rb", 0, billable=False)])
-    yield url, sessions
+    yield url, store
     await engine.dispose()
 
 
@@ -56,9 +55,9 @@ def cli(url: str, home: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_a_sound_ledger_verifies(fresh: tuple[str, async_sessionmaker[Any]], tmp_path: Path) -> None:
-    url, sessions = fresh
-    report = await verify(sessions)
+async def test_a_sound_ledger_verifies(fresh: tuple[str, Store], tmp_path: Path) -> None:
+    url, store = fresh
+    report = await verify(store)
     assert report.ok, report.details
     assert (report.wallets, report.entries, report.usage_records) == (
         1,
@@ -103,19 +102,17 @@ async def test_a_sound_ledger_verifies(fresh: tuple[str, async_sessionmaker[Any]
         "unknown-kind",
     ],
 )
-async def test_every_mismatch_is_found(fresh: tuple[str, async_sessionmaker[Any]], tamper: Any) -> None:
-    _, sessions = fresh
-    async with sessions.begin() as s:
+async def test_every_mismatch_is_found(fresh: tuple[str, Store], tamper: Any) -> None:
+    _, store = fresh
+    async with store.write() as s:
         await s.execute(tamper)
-    report = await verify(sessions)
+    report = await verify(store)
     assert not report.ok and report.details
 
 
-async def test_the_command_exits_non_zero_on_a_mismatch(
-    fresh: tuple[str, async_sessionmaker[Any]], tmp_path: Path
-) -> None:
-    url, sessions = fresh
-    async with sessions.begin() as s:
+async def test_the_command_exits_non_zero_on_a_mismatch(fresh: tuple[str, Store], tmp_path: Path) -> None:
+    url, store = fresh
+    async with store.write() as s:
         await s.execute(update(wallets).where(wallets.c.account_id == "acc_a").values(balance_micros=5))
     done = cli(url, tmp_path)
     assert done.returncode == 1

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate.errors import InvalidRequest
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.billing import cursors
 from services.billing.ledger import Ledger
+from services.billing.storage import Store
 from services.billing.views import UsageViews
 
 DAY = 86_400_000
@@ -36,13 +35,13 @@ def record(acc: str, n: int, *, model: str = "m1", key: str = "key_a", at: int =
     )
 
 
-async def test_request_pages_cover_every_request_once_newest_first(sessions: async_sessionmaker[Any]) -> None:
+async def test_request_pages_cover_every_request_once_newest_first(store: Store) -> None:
     acc = f"acc_{secrets.token_hex(6)}"
     # Several requests share a start time: the cursor must break ties by request id.
     records = [record(acc, n, at=T0 + (n // 3) * 1000) for n in range(1, 24)]
-    await Ledger(sessions).apply_usage(records)
-    await Ledger(sessions).apply_usage([record(f"acc_{secrets.token_hex(6)}", 99)])  # another account
-    views = UsageViews(sessions)
+    await Ledger(store).apply_usage(records)
+    await Ledger(store).apply_usage([record(f"acc_{secrets.token_hex(6)}", 99)])  # another account
+    views = UsageViews(store)
     seen: list[str] = []
     cursor = ""
     while True:
@@ -55,9 +54,9 @@ async def test_request_pages_cover_every_request_once_newest_first(sessions: asy
     assert seen == expected
 
 
-async def test_usage_is_summed_per_model_key_and_day(sessions: async_sessionmaker[Any]) -> None:
+async def test_usage_is_summed_per_model_key_and_day(store: Store) -> None:
     acc = f"acc_{secrets.token_hex(6)}"
-    await Ledger(sessions).apply_usage(
+    await Ledger(store).apply_usage(
         [
             record(acc, 1, model="m1", key="key_a", at=T0 + 10),
             record(acc, 2, model="m1", key="key_b", at=T0 + DAY + 10),
@@ -65,7 +64,7 @@ async def test_usage_is_summed_per_model_key_and_day(sessions: async_sessionmake
             record(acc, 8, model="m2", key="key_a", at=T0 + 5 * DAY),  # outside the range below
         ]
     )
-    views = UsageViews(sessions)
+    views = UsageViews(store)
     by_model = await views.summarize(acc, T0, T0 + 2 * DAY, "model")
     assert [(g.key, g.requests, g.prompt_tokens, g.completion_tokens, g.cost_micros) for g in by_model] == [
         ("m1", 2, 3, 6, 9),
@@ -77,8 +76,8 @@ async def test_usage_is_summed_per_model_key_and_day(sessions: async_sessionmake
     assert [(g.key, g.requests) for g in by_day] == [("2026-12-01", 1), ("2026-12-02", 2), ("2026-12-06", 1)]
 
 
-async def test_bad_view_arguments_are_refused(sessions: async_sessionmaker[Any]) -> None:
-    views = UsageViews(sessions)
+async def test_bad_view_arguments_are_refused(store: Store) -> None:
+    views = UsageViews(store)
     for args in ((T0, T0 + DAY, "hour"), (T0, T0, "day"), (T0, T0 + 500 * DAY, "day")):
         with pytest.raises(InvalidRequest):
             await views.summarize("acc_x", *args)
@@ -87,6 +86,6 @@ async def test_bad_view_arguments_are_refused(sessions: async_sessionmaker[Any])
             await views.requests("acc_x", 5, bad)
         assert err.value.code == "invalid_cursor"
     with pytest.raises(InvalidRequest):
-        await Ledger(sessions).entries("acc_x", 5, cursors.encode("requests", 1, "r"))
+        await Ledger(store).entries("acc_x", 5, cursors.encode("requests", 1, "r"))
     with pytest.raises(InvalidRequest):
         await views.requests("acc_x", 5000)
