@@ -8,10 +8,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import nats
 import openai
 import pytest
 
 from faregate.money import token_cost
+from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from faregate.tokens import estimate_messages
 from tests.harness import Stack, ledger, wait_for
 
@@ -263,3 +265,33 @@ def test_admin_credit_limits_are_checked(stack: Stack) -> None:
     assert stack.admin("PUT", "/admin/accounts/acc_nope/credit_limit", {"credit_limit_usd": 1}).status_code == 404
     key = stack.create_key(account_id)
     assert stack.http.put(f"/admin/accounts/{account_id}/credit_limit", json={}, headers=auth(key)).status_code == 401
+
+
+def test_a_record_of_an_unknown_account_is_dead_lettered_with_its_reason(stack: Stack) -> None:
+    before = stack.http.get("/health").json()["metering"]["dead_lettered"]
+    rid = f"req_{time.time_ns()}"
+    record = UsageRecord(request_id=rid, account_id="acc_nobody_knows", key_id="key_x", model="m", cost_micros=5)
+
+    async def publish_and_read_back() -> dict[str, str]:
+        nc = await nats.connect(stack.infra.nats_url)
+        try:
+            js = nc.jetstream()
+            await js.publish(stack.usage_subject, record.SerializeToString(), headers={"Nats-Msg-Id": rid})
+            wait = time.monotonic() + 20
+            while time.monotonic() < wait:
+                try:
+                    msg = await js.get_last_msg(stack.usage_stream, f"{stack.usage_subject}.dead")
+                except nats.js.errors.NotFoundError:
+                    msg = None
+                if msg is not None and UsageRecord.FromString(msg.data).request_id == rid:
+                    return dict(msg.headers or {})
+                await asyncio.sleep(0.1)
+            raise AssertionError("no dead letter for the record")
+        finally:
+            await nc.close()
+
+    headers = asyncio.run(publish_and_read_back())
+    assert headers["Faregate-Reason"] == "unknown account 'acc_nobody_knows'"
+    wait_for(
+        lambda: stack.http.get("/health").json()["metering"]["dead_lettered"] > before, what="dead letters counted"
+    )

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import grpc
+import nats
 import orjson
 import pytest
 
@@ -19,7 +20,7 @@ from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
 from faregate.pb.router.v1 import router_pb2
 from faregate.tokens import estimate_messages, estimate_text
-from services.edge.funds import Funds
+from services.edge.funds import CATALOG_CHANGED, Funds
 
 LIVE = "gw_live_" + "a" * 32
 MESSAGES = [{"role": "user", "content": "What is the capital of France, in one word?"}]
@@ -57,7 +58,7 @@ class Billing:
             await asyncio.sleep(0.01)
             if self.refuse is not None:
                 raise self.refuse
-            return billing_pb2.ReserveResponse(hold_id=request.request_id, available_micros=1)
+            return billing_pb2.ReserveResponse(hold_id=request.request_id)
 
         return asyncio.ensure_future(answer())
 
@@ -180,3 +181,28 @@ async def test_billing_down_fails_open_or_closed_as_configured() -> None:
     _, hold = await closed.admit(LIVE, body(model="cheap"), "req_1", auth([], admitted()))
     with pytest.raises(ServiceUnavailable):
         hold.check()
+
+
+async def test_a_catalog_change_announced_on_nats_reloads_the_prices(infra: Any) -> None:
+    class Counting(Router):
+        calls = 0
+
+        async def ListModels(self, request: Any, timeout: float) -> router_pb2.ListModelsResponse:
+            self.calls += 1
+            return await super().ListModels(request, timeout)
+
+    router = Counting()
+    funds = Funds(Billing(), router, refresh_seconds=3600)  # type: ignore[arg-type]
+    funds.start(infra.nats_url)
+    nc = await nats.connect(infra.nats_url)
+    try:
+        for _ in range(100):
+            if router.calls >= 2:
+                break
+            if router.calls == 1:
+                await nc.publish(CATALOG_CHANGED, b"")
+            await asyncio.sleep(0.1)
+        assert router.calls >= 2, "the announcement did not reload the catalog"
+    finally:
+        await nc.close()
+        await funds.close()
