@@ -176,7 +176,8 @@ class Funds:
             raise
         hold = await self._settle(pending, account, request_id)
         if admitted.account_id != account or not admitted.billable:  # the cache was wrong: redo, in order
-            hold.release()
+            if hold.id:
+                await self._release(hold.id, account)  # before the same id is reserved for the right account
             self._accounts.pop(digest, None)
             if not admitted.billable:
                 return admitted, NO_HOLD

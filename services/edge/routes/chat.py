@@ -1,6 +1,7 @@
 """POST /v1/chat/completions: the hot path.
 
-One auth call, then one router call; the body is relayed as bytes (the router parses it),
+One round of auth (with billing's funds hold beside it for live keys: services/edge/funds.py),
+then one router call; the body is relayed as bytes (the router parses it),
 and the answer is relayed as bytes: whole for JSON, chunk by chunk for SSE. Mounted as a
 plain Starlette route (services/edge/app.py): no dependency solving, no body model.
 """
