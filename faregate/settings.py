@@ -66,6 +66,8 @@ class AuthSettings(DatabaseSettings):
 
 
 class BillingSettings(DatabaseSettings):
+    min_balance_usd: float = 0.0  # below this (balance minus holds) live requests get 402
+    hold_ttl_seconds: float = Field(default=900.0, gt=0)
     consumer_batch: int = 256
     consumer_max_wait: float = 0.05  # seconds a fetch may wait to fill a batch
 

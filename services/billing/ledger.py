@@ -12,12 +12,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate.errors import InvalidRequest
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
-from services.billing.storage import add_to_wallet, ledger_entries, usage_records, wallets
+from services.billing.storage import add_to_wallet, holds, ledger_entries, usage_records, wallets
 
 MAX_CREDIT_MICROS = 1_000_000 * 1_000_000  # one million USD in one movement
 KINDS = ("usage", "topup", "credit_grant", "refund", "dispute", "adjustment")
@@ -82,6 +82,8 @@ class Ledger:
                         debits[r.account_id] += r.cost_micros
                 for account_id, amount in sorted(debits.items()):
                     await s.execute(add_to_wallet(dialect, account_id, -amount, at))
+            # the requests are accounted for: their holds go in the same transaction
+            await s.execute(delete(holds).where(holds.c.request_id.in_(list(unique))))
         return Applied(len(new), len(records) - len(new))
 
     async def credit(

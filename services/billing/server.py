@@ -9,11 +9,14 @@ import logging
 from faregate import db, events
 from faregate.grpc import start_server
 from faregate.lifecycle import wait_for_shutdown
+from faregate.money import usd_to_micros
 from faregate.pb.billing.v1 import billing_pb2, billing_pb2_grpc
 from faregate.settings import BillingSettings
 from services.billing.consumer import UsageConsumer
 from services.billing.ledger import Ledger
 from services.billing.servicer import BillingServicer
+from services.billing.views import Views
+from services.billing.wallets import Wallets
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,12 @@ async def serve(settings: BillingSettings) -> None:
     url = settings.database_url_for("billing")
     await db.upgrade_async("billing", url)
     engine = db.make_engine(url)
-    ledger = Ledger(db.make_sessionmaker(engine))
+    sessions = db.make_sessionmaker(engine)
+    ledger = Ledger(sessions)
+    wallets = Wallets(
+        sessions, min_balance_micros=usd_to_micros(settings.min_balance_usd), hold_ttl_s=settings.hold_ttl_seconds
+    )
+    expiring = asyncio.create_task(_expire_holds(wallets), name="hold-expiry")
     nc = await events.connect(settings.nats_url, name="faregate-billing")
     js = nc.jetstream()
     stream = events.UsageStream(settings.usage_stream, settings.usage_subject)
@@ -32,9 +40,10 @@ async def serve(settings: BillingSettings) -> None:
     consumer = UsageConsumer(js, stream, ledger, batch=settings.consumer_batch, max_wait=settings.consumer_max_wait)
     consuming = asyncio.create_task(consumer.run(), name="usage-consumer")
     addr = settings.bind_addr(settings.billing_addr)
+    servicer = BillingServicer(ledger, wallets, Views(sessions), consumer.stats)
     server, _ = await start_server(
         addr,
-        lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(ledger, consumer.stats), s),
+        lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(servicer, s),
         [billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name],
     )
     log.info("billing listening on %s", addr)
@@ -42,8 +51,19 @@ async def serve(settings: BillingSettings) -> None:
         await wait_for_shutdown()
     finally:
         await server.stop(grace=5)
-        consuming.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consuming
+        for task in (consuming, expiring):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await nc.drain()
         await engine.dispose()
+
+
+async def _expire_holds(wallets: Wallets) -> None:
+    while True:
+        await asyncio.sleep(30)
+        try:
+            if expired := await wallets.expire():
+                log.warning("%d holds expired without a usage record", expired)
+        except Exception:
+            log.exception("expiring holds failed")

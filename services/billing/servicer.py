@@ -8,19 +8,71 @@ from faregate.pb.billing.v1 import billing_pb2 as pb
 from faregate.pb.billing.v1 import billing_pb2_grpc
 from services.billing.consumer import ConsumerStats
 from services.billing.ledger import Ledger, WalletView
+from services.billing.views import Views
+from services.billing.wallets import Wallets
 
 
-def wallet_message(w: WalletView) -> pb.Wallet:
-    return pb.Wallet(account_id=w.account_id, balance_micros=w.balance_micros, entries=w.entries)
+def wallet_message(w: WalletView, held: int = 0, month: tuple[int, int] = (0, 0)) -> pb.Wallet:
+    return pb.Wallet(
+        account_id=w.account_id,
+        balance_micros=w.balance_micros,
+        entries=w.entries,
+        held_micros=held,
+        used_this_month_micros=month[0],
+        tokens_this_month=month[1],
+    )
+
+
+def entry_message(r: dict) -> pb.LedgerEntry:  # type: ignore[type-arg]
+    return pb.LedgerEntry(
+        id=str(r["id"]),
+        account_id=r["account_id"],
+        kind=r["kind"],
+        amount_micros=r["amount_micros"],
+        idempotency_key=r["idempotency_key"],
+        request_id=r["request_id"] or "",
+        note=r["note"],
+        created_at_ms=r["created_at_ms"],
+    )
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, ledger: Ledger, stats: ConsumerStats) -> None:
+    def __init__(self, ledger: Ledger, wallets: Wallets, views: Views, stats: ConsumerStats) -> None:
         self._ledger = ledger
+        self._wallets = wallets
+        self._views = views
         self._stats = stats
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
-        return wallet_message(await self._ledger.wallet(request.account_id))
+        funds = await self._wallets.funds(request.account_id)
+        month = await self._views.month(request.account_id)
+        return wallet_message(await self._ledger.wallet(request.account_id), funds.held_micros, month)
+
+    async def Reserve(self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
+        funds = await self._wallets.reserve(request.account_id, request.request_id, request.amount_micros)
+        return pb.Wallet(
+            account_id=request.account_id, balance_micros=funds.balance_micros, held_micros=funds.held_micros
+        )
+
+    async def ReleaseHold(
+        self, request: pb.ReleaseHoldRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseHoldResponse:
+        await self._wallets.release(request.request_id)
+        return pb.ReleaseHoldResponse()
+
+    async def ListRequests(
+        self, request: pb.ListRequestsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRequestsResponse:
+        rows, cursor = await self._views.requests_page(request.account_id, request.limit, request.cursor)
+        fields = set(pb.RequestRecord.DESCRIPTOR.fields_by_name)
+        return pb.ListRequestsResponse(
+            requests=[pb.RequestRecord(**{k: v for k, v in r.items() if k in fields}) for r in rows],
+            next_cursor=cursor,
+        )
+
+    async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.GetUsageResponse:
+        groups = await self._views.usage(request.account_id, request.start_ms, request.end_ms, request.group_by)
+        return pb.GetUsageResponse(groups=[pb.UsageGroup(**g) for g in groups])
 
     async def Credit(self, request: pb.CreditRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         wallet, _ = await self._ledger.credit(
@@ -34,22 +86,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ListLedger(
         self, request: pb.ListLedgerRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListLedgerResponse:
-        rows = await self._ledger.entries(request.account_id, request.limit or 100)
-        return pb.ListLedgerResponse(
-            entries=[
-                pb.LedgerEntry(
-                    id=str(r["id"]),
-                    account_id=r["account_id"],
-                    kind=r["kind"],
-                    amount_micros=r["amount_micros"],
-                    idempotency_key=r["idempotency_key"],
-                    request_id=r["request_id"] or "",
-                    note=r["note"],
-                    created_at_ms=r["created_at_ms"],
-                )
-                for r in rows
-            ]
-        )
+        rows, cursor = await self._views.ledger_page(request.account_id, request.limit or 100, request.cursor)
+        return pb.ListLedgerResponse(entries=[entry_message(r) for r in rows], next_cursor=cursor)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.BillingStatus:
         s = self._stats

@@ -54,6 +54,16 @@ usage_records = Table(
 )
 
 
+holds = Table(
+    "holds",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("account_id", String(40), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+)
+
+
 def add_to_wallet(dialect: str, account_id: str, delta: int, at_ms: int) -> Any:
     """One statement that creates the wallet or moves its balance by ``delta``."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert

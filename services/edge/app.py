@@ -14,6 +14,7 @@ from faregate.settings import EdgeSettings, split_host_port
 from services.edge import errors
 from services.edge.clients import Clients
 from services.edge.context import EdgeContext, parse_networks
+from services.edge.funds import Funds
 from services.edge.routes import admin, chat, health, keys, models
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,15 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         clients = Clients.connect(settings)
+        funds = Funds(clients.router)
+        funds.start()
         try:
-            ctx = EdgeContext(settings, clients, settings.admin_secret(), parse_networks(settings.trusted_proxies))
+            ctx = EdgeContext(
+                settings, clients, settings.admin_secret(), funds, parse_networks(settings.trusted_proxies)
+            )
             yield {"edge": ctx}
         finally:
+            await funds.close()
             await clients.close()
 
     app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)

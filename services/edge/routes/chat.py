@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import orjson
@@ -19,6 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from faregate.errors import PayloadTooLarge, UpstreamError
 from faregate.grpc import error_from_rpc
 from faregate.pb.auth.v1 import auth_pb2
+from faregate.pb.billing.v1 import billing_pb2
 from faregate.pb.router.v1 import router_pb2
 from services.edge.clients import unary
 from services.edge.context import EdgeContext, bearer, edge, new_request_id
@@ -42,16 +44,65 @@ async def chat_completions(request: Request) -> Response:
     raw = await request.body()
     if len(raw) > ctx.settings.max_body_bytes:
         raise PayloadTooLarge(f"request body is over {ctx.settings.max_body_bytes} bytes")
-    admitted = await unary(
-        ctx.clients.auth.Authenticate,
-        auth_pb2.AuthenticateRequest(api_key=bearer(request), client_ip=ctx.client_ip(request), request_id=request_id),
-    )
+    key = bearer(request)
+    amount = ctx.funds.worst_case(raw) if key.startswith("gw_live_") else 0
+    admitted, hold = await admit(ctx, key, ctx.client_ip(request), request_id, amount)
     slot = Slot(ctx, admitted)
     try:
         return await _answer(ctx, request_id, admitted, raw, slot)
     except BaseException:
         slot.release()
+        if hold:  # no answer, so no usage record will release it
+            ctx.spawn(_release_hold(ctx, request_id))
         raise
+
+
+async def admit(
+    ctx: EdgeContext, key: str, client_ip: str, request_id: str, amount: int
+) -> tuple[auth_pb2.AuthenticateResponse, bool]:
+    """Auth's admission and, for a live key on a priced model, billing's hold: in the same
+    round when the key's account is known from an earlier request, one after the other
+    otherwise. Whatever one side granted is given back when the other refuses."""
+    authenticate = unary(
+        ctx.clients.auth.Authenticate,
+        auth_pb2.AuthenticateRequest(api_key=key, client_ip=client_ip, request_id=request_id),
+    )
+    account = ctx.funds.account_of(key) if amount else None
+    if account is None:
+        admitted = await authenticate
+        if not (amount and admitted.billable):
+            return admitted, False
+        ctx.funds.remember(key, admitted.account_id)
+        try:
+            await _reserve(ctx, admitted.account_id, request_id, amount)
+        except BaseException:
+            Slot(ctx, admitted).release()
+            raise
+        return admitted, True
+    results: tuple[Any, Any] = await asyncio.gather(
+        authenticate, _reserve(ctx, account, request_id, amount), return_exceptions=True
+    )
+    got, held = results
+    if isinstance(got, BaseException):
+        if not isinstance(held, BaseException):
+            ctx.spawn(_release_hold(ctx, request_id))
+        raise got
+    if isinstance(held, BaseException):
+        Slot(ctx, got).release()
+        raise held
+    return got, True
+
+
+async def _reserve(ctx: EdgeContext, account_id: str, request_id: str, amount: int) -> None:
+    await unary(
+        ctx.clients.billing.Reserve,
+        billing_pb2.ReserveRequest(account_id=account_id, request_id=request_id, amount_micros=amount),
+    )
+
+
+async def _release_hold(ctx: EdgeContext, request_id: str) -> None:
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await ctx.clients.billing.ReleaseHold(billing_pb2.ReleaseHoldRequest(request_id=request_id), timeout=5)
 
 
 async def _answer(

@@ -1,0 +1,104 @@
+"""The edge's part of the funds check: what a request could cost at worst, and whose it is.
+
+Holds are placed by billing (``Reserve``); the edge only supplies the amount and, to call
+billing in the same round as auth, the account of a key it has seen before. Both caches are
+in memory: prices from the router's catalog (refreshed every ``refresh_s``), and a digest
+of each live key → its account (a key never changes account).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from faregate.money import token_cost, usd_to_micros
+from faregate.pb.router.v1 import router_pb2, router_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Price:
+    prompt_micros: int  # per 1M tokens
+    completion_micros: int
+    context_length: int
+    free: bool
+
+
+class Funds:
+    def __init__(self, router: router_pb2_grpc.RouterServiceStub, *, refresh_s: float = 30.0) -> None:
+        self._router = router
+        self._refresh_s = refresh_s
+        self._prices: dict[str, Price] = {}
+        self._accounts: dict[bytes, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._refresh_loop())
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> None:
+        reply = await self._router.ListModels(router_pb2.ListModelsRequest(), timeout=5)
+        self._prices = {
+            m.id: Price(
+                usd_to_micros(m.pricing.prompt),
+                usd_to_micros(m.pricing.completion),
+                m.context_length,
+                m.test or (m.pricing.prompt == 0 and m.pricing.completion == 0),
+            )
+            for m in reply.models
+        }
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # the router is starting or restarting: keep the old prices
+                log.debug("catalog refresh failed: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            await asyncio.sleep(self._refresh_s)
+
+    def worst_case(self, raw: bytes) -> int:
+        """The most the request could cost in micro-USD (0: free, unknown model or unparsable —
+        the router answers those without an upstream bill)."""
+        try:
+            body = orjson.loads(raw)
+            price = self._prices.get(str(body.get("model"))) if isinstance(body, dict) else None
+        except orjson.JSONDecodeError:
+            return 0
+        if price is None or price.free:
+            return 0
+        # Every token is at least one byte: the body's size bounds the prompt.
+        prompt = min(len(raw), price.context_length)
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        room = max(price.context_length - prompt, 1)
+        completion = min(asked, room) if isinstance(asked, int) and asked > 0 else room
+        return max(1, token_cost(prompt, completion, price.prompt_micros, price.completion_micros))
+
+    @staticmethod
+    def _digest(key: str) -> bytes:
+        return hashlib.sha256(key.encode()).digest()
+
+    def account_of(self, key: str) -> str | None:
+        return self._accounts.get(self._digest(key))
+
+    def remember(self, key: str, account_id: str) -> None:
+        if len(self._accounts) > 100_000:
+            self._accounts.clear()
+        self._accounts[self._digest(key)] = account_id
+
+    @staticmethod
+    def now() -> float:
+        return time.time()
