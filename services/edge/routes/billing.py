@@ -1,0 +1,182 @@
+"""Account views: balance, wallet summary, transactions, usage and request history.
+
+Authenticated by any key of the account and scoped to it; request history is metadata only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from faregate.errors import InvalidRequest
+from faregate.money import micros_to_usd
+from faregate.pb.billing.v1 import billing_pb2
+from services.edge.clients import unary
+from services.edge.context import edge
+from services.edge.routes.keys import caller
+from services.edge.routes.responses import json_response
+
+router = APIRouter(prefix="/v1")
+
+
+def _next_month(now: datetime) -> datetime:
+    return datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def _limit(value: int) -> int:
+    if not 1 <= value <= 500:
+        raise InvalidRequest("limit must be between 1 and 500", param="limit")
+    return value
+
+
+def _time(value: str, name: str) -> int:
+    """Unix seconds or ISO 8601 → Unix milliseconds."""
+    if not value:
+        return 0
+    try:
+        return int(float(value) * 1000)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{name} must be Unix seconds or an ISO 8601 time", param=name) from None
+    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def transaction_json(e: billing_pb2.LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "object": "transaction",
+        "kind": e.kind,
+        "amount_usd": micros_to_usd(e.amount_micros),
+        "request_id": e.request_id or None,
+        "note": e.note,
+        "created": e.created_at_ms // 1000,
+    }
+
+
+def request_json(r: billing_pb2.RequestRecord) -> dict[str, Any]:
+    return {
+        "id": r.request_id,
+        "object": "request",
+        "created": r.started_at_ms // 1000,
+        "key_id": r.key_id,
+        "model": r.model,
+        "provider": r.provider,
+        "endpoint": r.endpoint,
+        "stream": r.stream,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "tokens_estimated": r.estimated,
+        "cost_usd": micros_to_usd(r.cost_micros),
+        "latency_ms": r.latency_ms,
+        "time_to_first_token_ms": r.ttft_ms or None,
+        "status": r.status,
+    }
+
+
+@router.get("/balance")
+async def balance(request: Request) -> Response:
+    me = await caller(request)
+    wallet = await unary(
+        edge(request).clients.billing.GetWallet, billing_pb2.GetWalletRequest(account_id=me.account_id)
+    )
+    return json_response(
+        {
+            "object": "balance",
+            "balance": micros_to_usd(wallet.balance_micros),
+            "held": micros_to_usd(wallet.held_micros),
+            "plan": me.plan,
+            "used_this_month": micros_to_usd(wallet.used_this_month_micros),
+            "tokens_this_month": wallet.tokens_this_month,
+            "quota_this_month": None,
+            "quota_reset_at": int(_next_month(datetime.now(UTC)).timestamp()),
+        }
+    )
+
+
+@router.get("/billing")
+async def billing_summary(request: Request) -> Response:
+    me = await caller(request)
+    clients = edge(request).clients
+    wallet = await unary(clients.billing.GetWallet, billing_pb2.GetWalletRequest(account_id=me.account_id))
+    recent = await unary(
+        clients.billing.ListRequests, billing_pb2.ListRequestsRequest(account_id=me.account_id, limit=10)
+    )
+    return json_response(
+        {
+            "object": "billing",
+            "account_id": me.account_id,
+            "plan": me.plan,
+            "balance_usd": micros_to_usd(wallet.balance_micros),
+            "held_usd": micros_to_usd(wallet.held_micros),
+            "available_usd": micros_to_usd(wallet.balance_micros - wallet.held_micros),
+            "used_this_month_usd": micros_to_usd(wallet.used_this_month_micros),
+            "recent_usage": [request_json(r) for r in recent.requests],
+        }
+    )
+
+
+@router.get("/billing/transactions")
+async def transactions(request: Request, limit: int = 50, cursor: str = "") -> Response:
+    me = await caller(request)
+    page = await unary(
+        edge(request).clients.billing.ListLedger,
+        billing_pb2.ListLedgerRequest(account_id=me.account_id, limit=_limit(limit), cursor=cursor),
+    )
+    return json_response(
+        {
+            "object": "list",
+            "data": [transaction_json(e) for e in page.entries],
+            "has_more": bool(page.next_cursor),
+            "next_cursor": page.next_cursor or None,
+        }
+    )
+
+
+@router.get("/requests")
+async def requests(request: Request, limit: int = 50, cursor: str = "") -> Response:
+    me = await caller(request)
+    page = await unary(
+        edge(request).clients.billing.ListRequests,
+        billing_pb2.ListRequestsRequest(account_id=me.account_id, limit=_limit(limit), cursor=cursor),
+    )
+    return json_response(
+        {
+            "object": "list",
+            "data": [request_json(r) for r in page.requests],
+            "has_more": bool(page.next_cursor),
+            "next_cursor": page.next_cursor or None,
+        }
+    )
+
+
+@router.get("/usage")
+async def usage(request: Request, start: str = "", end: str = "", group_by: str = "model") -> Response:
+    me = await caller(request)
+    reply = await unary(
+        edge(request).clients.billing.GetUsage,
+        billing_pb2.GetUsageRequest(
+            account_id=me.account_id, start_ms=_time(start, "start"), end_ms=_time(end, "end"), group_by=group_by
+        ),
+    )
+    return json_response(
+        {
+            "object": "usage",
+            "group_by": group_by,
+            "data": [
+                {
+                    group_by: g.group,
+                    "requests": g.requests,
+                    "prompt_tokens": g.prompt_tokens,
+                    "completion_tokens": g.completion_tokens,
+                    "cost_usd": micros_to_usd(g.cost_micros),
+                }
+                for g in reply.groups
+            ],
+        }
+    )
