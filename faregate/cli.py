@@ -64,6 +64,39 @@ def edge() -> None:
     run(serve(settings))
 
 
+ledger = typer.Typer(help="Check the ledger.", no_args_is_help=True)
+app.add_typer(ledger, name="ledger")
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Check every wallet against its entries and every usage entry against its record."""
+    import asyncio
+
+    from faregate import db
+    from services.billing.verify import verify
+
+    settings = BillingSettings()
+
+    async def check() -> bool:
+        url = settings.database_url_for("billing")
+        engine = db.make_engine(url)
+        try:
+            report = await verify(db.make_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+        for problem in report.problems:
+            typer.echo(f"MISMATCH {problem}", err=True)
+        typer.echo(
+            f"ledger verify: {report.accounts} accounts, {report.entries} entries, "
+            f"{report.usage_records} usage records, {len(report.problems)} mismatches"
+        )
+        return report.ok
+
+    if not asyncio.run(check()):
+        raise typer.Exit(1)
+
+
 @app.command()
 def up() -> None:
     """Start everything (a private NATS if FAREGATE_NATS_URL is unset); Ctrl-C stops all."""

@@ -82,8 +82,10 @@ def test_views_show_what_was_used_and_nothing_else(stack: Stack) -> None:
         client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": f"secret {i}"}])
     list(client.chat.completions.create(model="fake-model", messages=HELLO, stream=True))
     client.chat.completions.create(model="faregate/echo", messages=HELLO)  # free: holds nothing
-    wait_for(lambda: len(stack.http.get("/v1/requests", headers=auth(key)).json()["data"]) == 5,
-             what="all five requests metered")
+    wait_for(
+        lambda: len(stack.http.get("/v1/requests", headers=auth(key)).json()["data"]) == 5,
+        what="all five requests metered",
+    )
     bal = settled(stack, key)
     assert (
         bal["plan"] == "pro"
