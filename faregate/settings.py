@@ -77,6 +77,8 @@ class RouterSettings(Settings):
     upstream_connect_timeout: float = 10.0
     upstream_timeout: float = 600.0
     upstream_pool_size: int = 512
+    breaker_threshold: int = Field(default=3, ge=1)  # consecutive failures that open a provider's circuit
+    breaker_open_seconds: float = Field(default=600.0, gt=0)  # skipped this long, then one probe
 
 
 class EdgeSettings(Settings):

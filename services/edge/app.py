@@ -15,7 +15,7 @@ from services.edge import errors
 from services.edge.clients import Clients
 from services.edge.context import EdgeContext, parse_networks
 from services.edge.funds import Funds
-from services.edge.routes import admin, billing, chat, health, keys, models
+from services.edge.routes import admin, billing, chat, health, keys, models, providers
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
-    for module in (models, keys, billing, admin, health):
+    for module in (models, keys, billing, providers, admin, health):
         app.include_router(module.router)
     return app
 

@@ -20,6 +20,7 @@ from faregate.money import token_cost
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.tokens import estimate_messages
+from services.router.breakers import Breakers
 from services.router.catalog import Catalog, Model, Route
 from services.router.providers.base import Provider, Usage
 
@@ -57,9 +58,11 @@ class ChatRouter:
         providers: Mapping[str, Provider],
         usage_sink: UsageSink,
         clock: Callable[[], float] = time.time,
+        breakers: Breakers | None = None,
     ) -> None:
         self._catalog = catalog
         self._providers = providers
+        self.breakers = breakers or Breakers()
         self._sink = usage_sink
         self._clock = clock
 
@@ -100,6 +103,8 @@ class ChatRouter:
         routes = self.routes_for(model)
         for route in routes:
             provider = self._providers[route.provider]
+            if not self.breakers.allow(route.provider):
+                continue
             usage = Usage()
             try:
                 if stream:
@@ -109,13 +114,23 @@ class ChatRouter:
                     completion = await provider.chat(route.model, body)
             except UpstreamError as exc:
                 log.warning("route %s/%s failed before the first byte: %s", route.provider, route.model, exc)
+                self.breakers.failure(route.provider)
                 last_error = exc
                 continue
+            except BaseException:
+                self.breakers.release_probe(route.provider)
+                raise
+            self.breakers.success(route.provider)
             break
         else:
-            assert last_error is not None
-            if len(routes) == 1:
+            if last_error is not None and len(routes) == 1:
                 raise last_error
+            if last_error is None:
+                raise ServiceUnavailable(
+                    f"every provider for {model.id!r} is failing (circuit open); try again later",
+                    code="circuit_open",
+                    retry_after=min(self.breakers.retry_after(r.provider) for r in routes),
+                )
             raise ServiceUnavailable(f"every provider for {model.id!r} failed", retry_after=1) from last_error
 
         record = _record(request, model, route, stream, started)
@@ -133,6 +148,7 @@ class ChatRouter:
                 yield pb.CompletionChunk(data=data)
             status = UsageRecord.STATUS_OK
         except UpstreamError as exc:
+            self.breakers.failure(route.provider)
             status = UsageRecord.STATUS_UPSTREAM_ERROR
             yield pb.CompletionChunk(
                 error=pb.StreamError(type=exc.error_type, message=exc.message, code=exc.code or "")
