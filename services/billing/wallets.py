@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, literal, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate.errors import InsufficientBalance, InvalidRequest
@@ -43,6 +43,7 @@ class Wallets:
         self, sessions: async_sessionmaker[Any], *, min_balance_micros: int = 0, hold_ttl_s: float = 900.0
     ) -> None:
         self._sessions = sessions
+        self._engine: Any = sessions.kw["bind"]
         self._min = min_balance_micros
         self._ttl_ms = int(hold_ttl_s * 1000)
         # One decision per account at a time in this process; across replicas the wallet row
@@ -64,31 +65,49 @@ class Wallets:
         return Funds(int(balance or 0), int(held or 0))
 
     async def reserve(self, account_id: str, request_id: str, amount_micros: int) -> Funds:
+        """Hold ``amount_micros`` for the request if funds are available: one conditional
+        INSERT (plus a row lock of the wallet on PostgreSQL), so it stays cheap per request."""
         if amount_micros < 0:
             raise InvalidRequest("a hold cannot be negative")
-        lock = self._locks[account_id]
-        async with lock:
-            async with self._sessions.begin() as s:
-                funds = await self._funds(s, account_id, lock=True)
-                if funds.available_micros <= 0 or funds.available_micros < self._min:
-                    raise InsufficientBalance(
-                        f"insufficient balance: {micros_to_usd(funds.available_micros):.6f} USD available "
-                        f"(balance {micros_to_usd(funds.balance_micros):.6f} minus "
-                        f"{micros_to_usd(funds.held_micros):.6f} held by requests in flight); top up to continue",
-                        code="insufficient_balance",
-                    )
-                if amount_micros:
-                    await s.execute(
-                        insert(holds).values(
-                            request_id=request_id,
-                            account_id=account_id,
-                            amount_micros=amount_micros,
-                            expires_at_ms=now_ms() + self._ttl_ms,
-                        )
-                    )
-        if not lock.locked() and len(self._locks) > 10_000:
-            self._locks.pop(account_id, None)
-        return Funds(funds.balance_micros, funds.held_micros + amount_micros)
+        at = now_ms()
+        held_now = (
+            select(func.coalesce(func.sum(holds.c.amount_micros), 0))
+            .where(holds.c.account_id == account_id, holds.c.expires_at_ms > at)
+            .scalar_subquery()
+        )
+        balance_now = func.coalesce(
+            select(wallets.c.balance_micros).where(wallets.c.account_id == account_id).scalar_subquery(), 0
+        )
+        available = balance_now - held_now
+        threshold = max(self._min, 0)
+        async with self._locks[account_id], self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    select(wallets.c.account_id).where(wallets.c.account_id == account_id).with_for_update()
+                )
+            result = await conn.execute(
+                insert(holds).from_select(
+                    ["request_id", "account_id", "amount_micros", "expires_at_ms"],
+                    select(
+                        literal(request_id),
+                        literal(account_id),
+                        literal(amount_micros),
+                        literal(at + self._ttl_ms),
+                    ).where(available > threshold),
+                )
+            )
+            admitted = result.rowcount == 1
+        if not admitted:
+            funds = await self.funds(account_id)
+            raise InsufficientBalance(
+                f"insufficient balance: {micros_to_usd(funds.available_micros):.6f} USD available "
+                f"(balance {micros_to_usd(funds.balance_micros):.6f} minus "
+                f"{micros_to_usd(funds.held_micros):.6f} held by requests in flight); top up to continue",
+                code="insufficient_balance",
+            )
+        if len(self._locks) > 10_000:
+            self._locks.clear()
+        return Funds(0, 0)
 
     async def release(self, request_id: str) -> None:
         async with self._sessions.begin() as s:
