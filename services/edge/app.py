@@ -38,6 +38,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
+    app.add_route("/v1/embeddings", chat.embeddings, methods=["POST"])
     for module in (models, keys, billing, providers, admin, health):
         app.include_router(module.router)
     return app

@@ -157,6 +157,44 @@ class ChatRouter:
             await chunks.aclose()
             self._finish(record, usage, body, started, first_at, status)
 
+    async def embeddings(self, request: pb.CompletionRequest) -> pb.CompletionChunk:
+        """Embeddings through the same catalog, caller checks, failover and metering; billed
+        on input tokens only."""
+        started = self._clock()
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise InvalidRequest("'model' is required and must be a string", param="model")
+        items = body.get("input")
+        if not (isinstance(items, str) and items) and not (isinstance(items, list) and items):
+            raise InvalidRequest("'input' must be a non-empty string or array", param="input")
+        model = self._catalog.model(body["model"])
+        caller = request.caller
+        if (caller.guest and not model.guest) or (caller.test_mode and not model.test):
+            raise Forbidden(f"this key cannot use {model.id!r}", code="model_not_allowed", param="model")
+        last_error: FaregateError | None = None
+        for route in self.routes_for(model):
+            if not self.breakers.allow(route.provider):
+                continue
+            try:
+                answer = await self._providers[route.provider].embeddings(route.model, body)
+            except UpstreamError as exc:
+                self.breakers.failure(route.provider)
+                last_error = exc
+                continue
+            except BaseException:
+                self.breakers.release_probe(route.provider)
+                raise
+            self.breakers.success(route.provider)
+            record = _record(request, model, route, False, started)
+            record.endpoint = "embeddings"
+            answer.usage.completion_tokens = 0
+            self._finish(record, answer.usage, body, started, None)
+            return pb.CompletionChunk(start=_start(model, route, False), data=answer.body)
+        raise last_error or ServiceUnavailable(f"every provider for {model.id!r} is failing", retry_after=1)
+
     def _finish(
         self,
         record: UsageRecord,

@@ -41,6 +41,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async for chunk in self._router.chat(request):
             yield chunk
 
+    async def Embeddings(self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext) -> pb.CompletionChunk:
+        return await self._router.embeddings(request)
+
     async def ProviderHealth(
         self, request: pb.ProviderHealthRequest, context: grpc.aio.ServicerContext
     ) -> pb.ProviderHealthResponse:

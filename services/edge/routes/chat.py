@@ -105,20 +105,49 @@ async def _release_hold(ctx: EdgeContext, request_id: str) -> None:
         await ctx.clients.billing.ReleaseHold(billing_pb2.ReleaseHoldRequest(request_id=request_id), timeout=5)
 
 
+async def embeddings(request: Request) -> Response:
+    """POST /v1/embeddings: the same admission and funds check, one router call."""
+    ctx = edge(request)
+    request.state.request_id = request_id = new_request_id()
+    raw = await request.body()
+    if len(raw) > ctx.settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body is over {ctx.settings.max_body_bytes} bytes")
+    key = bearer(request)
+    amount = ctx.funds.worst_case(raw) if key.startswith("gw_live_") else 0
+    admitted, hold = await admit(ctx, key, ctx.client_ip(request), request_id, amount)
+    slot = Slot(ctx, admitted)
+    try:
+        answer = await unary(
+            ctx.clients.router.Embeddings,
+            router_pb2.CompletionRequest(request_id=request_id, caller=_caller(admitted), body=raw),
+        )
+    except BaseException:
+        if hold:
+            ctx.spawn(_release_hold(ctx, request_id))
+        raise
+    finally:
+        slot.release()
+    return Response(answer.data, media_type="application/json", headers=rate_limit_headers(admitted, request_id))
+
+
+def _caller(admitted: auth_pb2.AuthenticateResponse) -> router_pb2.Caller:
+    return router_pb2.Caller(
+        account_id=admitted.account_id,
+        key_id=admitted.key_id,
+        billable=admitted.billable,
+        test_mode=admitted.mode == auth_pb2.KEY_MODE_TEST,
+        max_tokens_cap=admitted.max_tokens_cap,
+        guest=admitted.guest,
+    )
+
+
 async def _answer(
     ctx: EdgeContext, request_id: str, admitted: auth_pb2.AuthenticateResponse, raw: bytes, slot: Slot
 ) -> Response:
     call = ctx.clients.router.ChatCompletion(
         router_pb2.CompletionRequest(
             request_id=request_id,
-            caller=router_pb2.Caller(
-                account_id=admitted.account_id,
-                key_id=admitted.key_id,
-                billable=admitted.billable,
-                test_mode=admitted.mode == auth_pb2.KEY_MODE_TEST,
-                max_tokens_cap=admitted.max_tokens_cap,
-                guest=admitted.guest,
-            ),
+            caller=_caller(admitted),
             body=raw,
         )
     )
