@@ -38,7 +38,10 @@ def rate_limit_headers(reply: auth_pb2.AuthenticateResponse, request_id: str) ->
     return headers
 
 
-async def chat_completions(request: Request) -> Response:
+async def _admitted(
+    request: Request,
+) -> tuple[EdgeContext, str, bytes, auth_pb2.AuthenticateResponse, bool, Slot]:
+    """What every inference route does first: size check, admission, funds hold, slot."""
     ctx = edge(request)
     request.state.request_id = request_id = new_request_id()
     raw = await request.body()
@@ -47,7 +50,11 @@ async def chat_completions(request: Request) -> Response:
     key = bearer(request)
     amount = ctx.funds.worst_case(raw) if key.startswith("gw_live_") else 0
     admitted, hold = await admit(ctx, key, ctx.client_ip(request), request_id, amount)
-    slot = Slot(ctx, admitted)
+    return ctx, request_id, raw, admitted, hold, Slot(ctx, admitted)
+
+
+async def chat_completions(request: Request) -> Response:
+    ctx, request_id, raw, admitted, hold, slot = await _admitted(request)
     try:
         return await _answer(ctx, request_id, admitted, raw, slot)
     except BaseException:
@@ -107,15 +114,7 @@ async def _release_hold(ctx: EdgeContext, request_id: str) -> None:
 
 async def embeddings(request: Request) -> Response:
     """POST /v1/embeddings: the same admission and funds check, one router call."""
-    ctx = edge(request)
-    request.state.request_id = request_id = new_request_id()
-    raw = await request.body()
-    if len(raw) > ctx.settings.max_body_bytes:
-        raise PayloadTooLarge(f"request body is over {ctx.settings.max_body_bytes} bytes")
-    key = bearer(request)
-    amount = ctx.funds.worst_case(raw) if key.startswith("gw_live_") else 0
-    admitted, hold = await admit(ctx, key, ctx.client_ip(request), request_id, amount)
-    slot = Slot(ctx, admitted)
+    ctx, request_id, raw, admitted, hold, slot = await _admitted(request)
     try:
         answer = await unary(
             ctx.clients.router.Embeddings,

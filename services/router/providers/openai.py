@@ -59,8 +59,9 @@ class OpenAIProvider(Provider):
             retry_after=retry_after,
         )
 
-    async def chat(self, model: str, body: dict[str, Any]) -> Completion:
-        resp = await self._post({**body, "model": model})
+    async def _whole(self, payload: dict[str, Any], url: str | None = None) -> tuple[bytes, Any]:
+        """POST and read a whole JSON answer: (the bytes as sent, the parsed document)."""
+        resp = await self._post(payload, url)
         try:
             data = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -68,9 +69,12 @@ class OpenAIProvider(Provider):
         finally:
             resp.release()
         try:
-            doc = orjson.loads(data)
+            return data, orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"provider {self.name} answered invalid JSON") from exc
+
+    async def chat(self, model: str, body: dict[str, Any]) -> Completion:
+        data, doc = await self._whole({**body, "model": model})
         usage = Usage()
         reported = doc.get("usage") if isinstance(doc, dict) else None
         if isinstance(reported, dict):
@@ -85,17 +89,7 @@ class OpenAIProvider(Provider):
         return Completion(data, usage)
 
     async def embeddings(self, model: str, body: dict[str, Any]) -> Completion:
-        resp = await self._post({**body, "model": model}, self._embeddings_url)
-        try:
-            data = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"provider {self.name} dropped the answer") from exc
-        finally:
-            resp.release()
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"provider {self.name} answered invalid JSON") from exc
+        data, doc = await self._whole({**body, "model": model}, self._embeddings_url)
         usage = Usage()
         reported = doc.get("usage") if isinstance(doc, dict) else None
         if isinstance(reported, dict) and reported.get("prompt_tokens") is not None:
