@@ -50,6 +50,7 @@ check: lint test
 
 ## make bench: the side-by-side benchmark (see bench/README.md)
 bench: setup
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
 
 clean:

@@ -64,30 +64,37 @@ def edge() -> None:
     run(serve(settings))
 
 
-ledger_app = typer.Typer(no_args_is_help=True, help="Check the ledger (billing's database).")
-app.add_typer(ledger_app, name="ledger")
+ledger = typer.Typer(help="Check the ledger.", no_args_is_help=True)
+app.add_typer(ledger, name="ledger")
 
 
-@ledger_app.command("verify")
+@ledger.command("verify")
 def ledger_verify() -> None:
-    """Check every wallet equals the sum of its entries and every usage entry its one UsageRecord.
-
-    Reads billing's database (FAREGATE_DATABASE_URL or the SQLite file under FAREGATE_HOME);
-    exits 1 on any mismatch.
-    """
+    """Check every wallet against its entries and every usage entry against its record."""
     import asyncio
 
-    from services.billing.verify import check_database
+    from faregate import db
+    from services.billing.verify import verify
 
     settings = BillingSettings()
-    report = asyncio.run(check_database(settings.database_url_for("billing")))
-    typer.echo(
-        f"ledger: {report.wallets} wallets, {report.entries} entries, {report.usage_records} usage records; "
-        f"{report.mismatches} mismatches"
-    )
-    for line in report.details:
-        typer.echo(f"  MISMATCH {line}", err=True)
-    raise typer.Exit(0 if report.ok else 1)
+
+    async def check() -> bool:
+        url = settings.database_url_for("billing")
+        engine = db.make_engine(url)
+        try:
+            report = await verify(db.make_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+        for problem in report.problems:
+            typer.echo(f"MISMATCH {problem}", err=True)
+        typer.echo(
+            f"ledger verify: {report.accounts} accounts, {report.entries} entries, "
+            f"{report.usage_records} usage records, {len(report.problems)} mismatches"
+        )
+        return report.ok
+
+    if not asyncio.run(check()):
+        raise typer.Exit(1)
 
 
 @app.command()

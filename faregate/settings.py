@@ -66,11 +66,11 @@ class AuthSettings(DatabaseSettings):
 
 
 class BillingSettings(DatabaseSettings):
+    min_balance_usd: float = 0.0  # below this (balance minus holds) live requests get 402
+    hold_ttl_seconds: float = Field(default=900.0, gt=0)
     consumer_batch: int = 256
     consumer_max_wait: float = 0.05  # seconds a fetch may wait to fill a batch
     consumer_ack_wait: float = Field(default=30.0, gt=0)  # unacked records (a crashed billing) come back after this
-    min_balance_usd: float = 0.0  # refuse (402) when balance + credit - holds is below this
-    hold_ttl_seconds: float = Field(default=900.0, gt=0)  # a hold whose request never reports expires
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None  # tests point the SDK at a local Stripe-compatible stub
@@ -82,6 +82,8 @@ class RouterSettings(Settings):
     upstream_connect_timeout: float = 10.0
     upstream_timeout: float = 600.0
     upstream_pool_size: int = 512
+    breaker_threshold: int = Field(default=3, ge=1)  # consecutive failures that open a provider's circuit
+    breaker_open_seconds: float = Field(default=600.0, gt=0)  # skipped this long, then one probe
 
 
 class EdgeSettings(Settings):
@@ -89,8 +91,6 @@ class EdgeSettings(Settings):
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed, comma-separated
     admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    funds_fail_open: bool = True  # billing unreachable: admit live requests without a hold (still billed)
-    catalog_refresh_seconds: float = Field(default=60.0, gt=0)  # prices for holds, also on catalog.changed
 
     def admin_secret(self) -> str:
         return self.secret("admin_token", self.admin_token).get_secret_value()

@@ -79,7 +79,11 @@ models:
 def stack(infra: Infra, fake_upstream: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("stack")
     catalog = fake_catalog(fake_upstream.base_url, processes.free_port())  # type: ignore[attr-defined]
-    env = {"FAKE_UPSTREAM_KEY": "sk-fake-upstream", "FAREGATE_SLOT_LEASE_SECONDS": "3"}
+    env = {
+        "FAKE_UPSTREAM_KEY": "sk-fake-upstream",
+        "FAREGATE_SLOT_LEASE_SECONDS": "3",
+        "FAREGATE_BREAKER_OPEN_SECONDS": "2",
+    }
     s = Stack(Path(home), infra, catalog=catalog, env=env)
     try:
         s.start()

@@ -39,49 +39,32 @@ class Infra:
         return f"{db}, redis={'yes' if self.redis_url else 'no'}"
 
 
-def create_postgres_database(admin_url: str) -> tuple[str, str]:
-    """A fresh, uniquely named database on the server of ``admin_url``: (url, name)."""
+async def _admin_execute(admin_url: str, sql: str) -> None:
     import asyncpg
 
-    name = f"faregate_test_{secrets.token_hex(6)}"
     url = make_url(admin_url)
+    conn = await asyncpg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password,
+        database=url.database or "postgres",
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
-    async def create() -> None:
-        conn = await asyncpg.connect(
-            host=url.host,
-            port=url.port or 5432,
-            user=url.username or "postgres",
-            password=url.password,
-            database=url.database or "postgres",
-        )
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
 
-    asyncio.run(create())
-    return url.set(database=name).render_as_string(hide_password=False), name
+def create_postgres_database(admin_url: str) -> tuple[str, str]:
+    """A fresh, uniquely named database on the server of ``admin_url``: (url, name)."""
+    name = f"faregate_test_{secrets.token_hex(6)}"
+    asyncio.run(_admin_execute(admin_url, f'CREATE DATABASE "{name}"'))
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), name
 
 
 def drop_postgres_database(admin_url: str, name: str) -> None:
-    import asyncpg
-
-    url = make_url(admin_url)
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(
-            host=url.host,
-            port=url.port or 5432,
-            user=url.username or "postgres",
-            password=url.password,
-            database=url.database or "postgres",
-        )
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    asyncio.run(_admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def delete_stream(nats_url: str, stream: str) -> None:
@@ -220,33 +203,6 @@ class Stack:
         assert resp.status_code == 200, resp.text
         value: float = resp.json()["balance_usd"]
         return value
-
-
-class PrivateNats:
-    """A nats-server of a test's own (JetStream on disk), which the test may restart in place."""
-
-    def __init__(self, store_dir: Path) -> None:
-        self.store_dir = store_dir
-        self.port = processes.free_port()
-        self.launcher = processes.Launcher(dict(os.environ))
-        self.proc: processes.Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> PrivateNats:
-        self.proc, _ = self.launcher.nats(self.store_dir, self.port)
-        return self
-
-    def restart(self) -> None:
-        """Stop the server (SIGTERM: JetStream flushes its store) and start it again, same port and store."""
-        assert self.proc is not None
-        self.proc.stop()
-        self.start()
-
-    def stop(self) -> None:
-        self.launcher.stop_all()
 
 
 def python() -> str:

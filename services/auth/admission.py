@@ -21,11 +21,11 @@ from faregate.errors import AuthenticationFailed, InvalidRequest, NotFound, Rate
 from services.auth import keys
 from services.auth.limits import (
     GUEST_LIMITS,
+    AdmitCheck,
     Counters,
     Limits,
     LocalCounters,
     Plans,
-    day_key,
     seconds_to_utc_midnight,
 )
 from services.auth.storage import AccountRow, AuthStore, KeyRow, now_ms
@@ -117,7 +117,10 @@ class Authenticator:
 
     async def admit(self, presented: str, client_ip: str = "") -> Admission:
         if not presented:
-            return await self._admit_guest(client_ip)
+            slot, window = await self._decide(
+                f"guest:{client_ip or 'unknown'}", GUEST_LIMITS, "conc:{guest}", guest=True
+            )
+            return Admission(GUEST_ACCOUNT, "guest", "test", "guest", window, slot, guest=True)
         key = await self.identify(presented, client_ip)
         limits = self._plans.named(key.plan).overridden(
             rpm=key.rpm_limit,
@@ -125,63 +128,57 @@ class Authenticator:
             tokens_per_day=key.tokens_per_day_limit,
             concurrency=key.concurrency_limit,
         )
-        window = await self._check(key.id, limits)
-        slot = await self._acquire_slot(f"conc:{key.id}", limits.concurrency, "this key")
+        slot, window = await self._decide(key.id, limits, _slot_bucket(key.id))
         self._last_used[key.id] = now_ms()
         return Admission(key.account_id, key.id, key.mode, key.plan, window, slot)
 
-    async def _admit_guest(self, client_ip: str) -> Admission:
-        window = await self._take_rpm(
-            f"guest:{client_ip or 'unknown'}", GUEST_LIMITS.rpm or 0, "guest requests per minute from this address"
-        )
-        slot = await self._acquire_slot("conc:guest", GUEST_LIMITS.concurrency, "the guest sandbox")
-        return Admission(GUEST_ACCOUNT, "guest", "test", "guest", window, slot, guest=True)
-
-    async def _check(self, key_id: str, limits: Limits) -> Window | None:
+    async def _decide(
+        self, subject: str, limits: Limits, slot_bucket: str, *, guest: bool = False
+    ) -> tuple[str, Window | None]:
+        """Every limit in one atomic step (one Redis round trip); nothing is counted if refused."""
         now = self._clock()
-        window = None
-        if limits.rpm is not None:
-            window = await self._take_rpm(key_id, limits.rpm, "requests per minute for this key")
-        if limits.requests_per_day is not None:
-            ttl = seconds_to_utc_midnight(now)
-            if await self._counters.take(f"rpd:{key_id}:{day_key(now)}", limits.requests_per_day, ttl + 60) < 0:
-                raise RateLimited(
-                    f"daily limit reached: {limits.requests_per_day} requests per UTC day for this key",
-                    code="daily_requests_exceeded",
-                    retry_after=ttl,
-                )
-        if limits.tokens_per_day is not None:
-            used = await self._counters.get(f"tpd:{key_id}:{day_key(now)}")
-            if used >= limits.tokens_per_day:
-                raise RateLimited(
-                    f"daily limit reached: {limits.tokens_per_day} tokens per UTC day for this key",
-                    code="daily_tokens_exceeded",
-                    retry_after=seconds_to_utc_midnight(now),
-                )
-        return window
-
-    async def _take_rpm(self, subject: str, limit: int, what: str) -> Window:
-        now = int(self._clock())
-        start = now - now % 60
-        reset_at = start + 60
-        count = await self._counters.take(f"rpm:{subject}:{start}", limit, 61)
-        if count < 0:
-            raise RateLimited(
-                f"rate limit exceeded: {limit} {what}", code="rpm_exceeded", retry_after=max(1, reset_at - now)
+        slot = secrets.token_hex(8) if limits.concurrency is not None else ""
+        refused, rpm = await self._counters.admit(
+            AdmitCheck(
+                subject,
+                limits.rpm,
+                limits.requests_per_day,
+                limits.tokens_per_day,
+                limits.concurrency,
+                slot_bucket,
+                slot,
+                self.slot_lease,
+                now,
             )
-        return Window(limit, limit - count, reset_at)
-
-    async def _acquire_slot(self, bucket: str, limit: int | None, whose: str) -> str:
-        if limit is None:
-            return ""
-        slot = secrets.token_hex(8)
-        if not await self._counters.acquire(bucket, slot, limit, self.slot_lease, self._clock()):
+        )
+        reset_at = int(now) - int(now) % 60 + 60
+        whose = "from this address in the guest sandbox" if guest else "for this key"
+        if refused == "rpm":
             raise RateLimited(
-                f"concurrency limit reached: {limit} requests in flight for {whose}",
+                f"rate limit exceeded: {limits.rpm} requests per minute {whose}",
+                code="rpm_exceeded",
+                retry_after=max(1, reset_at - int(now)),
+            )
+        if refused == "requests_per_day":
+            raise RateLimited(
+                f"daily limit reached: {limits.requests_per_day} requests per UTC day {whose}",
+                code="daily_requests_exceeded",
+                retry_after=seconds_to_utc_midnight(now),
+            )
+        if refused == "tokens_per_day":
+            raise RateLimited(
+                f"daily limit reached: {limits.tokens_per_day} tokens per UTC day {whose}",
+                code="daily_tokens_exceeded",
+                retry_after=seconds_to_utc_midnight(now),
+            )
+        if refused == "concurrency":
+            raise RateLimited(
+                f"concurrency limit reached: {limits.concurrency} requests in flight {whose}",
                 code="concurrency_exceeded",
                 retry_after=1,
             )
-        return slot
+        window = Window(limits.rpm, limits.rpm - rpm, reset_at) if limits.rpm is not None else None
+        return slot, window
 
     def monthly_quota(self, plan: str) -> int | None:
         """The plan's tokens per UTC month (None: no quota). Billing counts what was used."""
@@ -201,7 +198,8 @@ class Authenticator:
     async def record_tokens(self, key_id: str, tokens: int, at: float) -> None:
         """Count tokens a key used today (fed from the usage stream, off the hot path)."""
         if tokens > 0 and key_id and key_id != "guest":
-            await self._counters.add(f"tpd:{key_id}:{day_key(at)}", tokens, seconds_to_utc_midnight(at) + 3600)
+            bucket = AdmitCheck(key_id, None, None, None, None, "", "", 0, at).buckets()[2]
+            await self._counters.add(bucket, tokens, seconds_to_utc_midnight(at) + 3600)
 
     async def _count_bad_key(self, client_ip: str) -> None:
         """Cap the work a client can cause with bad keys: after a burst, no more lookups."""
@@ -291,4 +289,4 @@ class Authenticator:
 
 
 def _slot_bucket(key_id: str) -> str:
-    return "conc:guest" if key_id == "guest" else f"conc:{key_id}"
+    return "conc:{guest}" if key_id == "guest" else "conc:{" + key_id + "}"

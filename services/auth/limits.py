@@ -87,8 +87,37 @@ def seconds_to_utc_midnight(now: float) -> int:
     return 86_400 - int(now) % 86_400
 
 
+@dataclass(frozen=True)
+class AdmitCheck:
+    """Everything one admission decides, as one atomic step (limits: None = no limit)."""
+
+    subject: str  # a key id, or guest:<ip>
+    rpm: int | None
+    requests_per_day: int | None
+    tokens_per_day: int | None
+    concurrency: int | None
+    concurrency_bucket: str
+    slot: str
+    lease: float
+    now: float
+
+    def buckets(self) -> list[str]:
+        # one hash tag per subject keeps every key of a decision in one Redis cluster slot
+        minute = int(self.now) - int(self.now) % 60
+        day = day_key(self.now)
+        tag = "{" + self.subject + "}"
+        return [f"rpm:{tag}:{minute}", f"rpd:{tag}:{day}", f"tpd:{tag}:{day}", self.concurrency_bucket]
+
+
+REFUSED_BY = {1: "rpm", 2: "requests_per_day", 3: "tokens_per_day", 4: "concurrency"}
+
+
 class Counters(ABC):
     """Atomic counters and leases. Buckets are strings; every operation is one round trip."""
+
+    @abstractmethod
+    async def admit(self, check: AdmitCheck) -> tuple[str | None, int]:
+        """All limits at once, all or nothing: (the limit that refused or None, RPM count)."""
 
     @abstractmethod
     async def take(self, bucket: str, limit: int, ttl: int) -> int:
@@ -116,6 +145,25 @@ class Counters(ABC):
 
 class LocalCounters(Counters):
     """In-process counters: correct for a single auth replica."""
+
+    async def admit(self, check: AdmitCheck) -> tuple[str | None, int]:
+        rpm_b, rpd_b, tpd_b, conc_b = check.buckets()
+        rpm = self._live(rpm_b)
+        if check.rpm is not None and rpm >= check.rpm:
+            return "rpm", rpm
+        if check.requests_per_day is not None and self._live(rpd_b) >= check.requests_per_day:
+            return "requests_per_day", rpm
+        if check.tokens_per_day is not None and self._live(tpd_b) >= check.tokens_per_day:
+            return "tokens_per_day", rpm
+        if check.concurrency is not None and not await self.acquire(
+            conc_b, check.slot, check.concurrency, check.lease, check.now
+        ):
+            return "concurrency", rpm
+        if check.rpm is not None:
+            rpm = await self.take(rpm_b, check.rpm, 61)
+        if check.requests_per_day is not None:
+            await self.take(rpd_b, check.requests_per_day, seconds_to_utc_midnight(check.now) + 60)
+        return None, rpm
 
     def __init__(self, clock: Any = time.time) -> None:
         self._clock = clock
@@ -196,6 +244,36 @@ return 1
 """
 
 
+_ADMIT = """
+local rpm = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) >= 0 and rpm >= tonumber(ARGV[1]) then return {1, rpm} end
+if tonumber(ARGV[3]) >= 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then
+  return {2, rpm}
+end
+if tonumber(ARGV[5]) >= 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(ARGV[5]) then
+  return {3, rpm}
+end
+if tonumber(ARGV[6]) >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[7])
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[6]) then return {4, rpm} end
+  redis.call('ZADD', KEYS[4], ARGV[8], ARGV[9])
+  redis.call('EXPIRE', KEYS[4], ARGV[10])
+end
+if tonumber(ARGV[1]) >= 0 then
+  rpm = redis.call('INCR', KEYS[1])
+  if rpm == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+end
+if tonumber(ARGV[3]) >= 0 then
+  if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+end
+return {0, rpm}
+"""
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
 class RedisCounters(Counters):
     """Counters shared by every auth replica, one Lua script per decision."""
 
@@ -205,6 +283,25 @@ class RedisCounters(Counters):
         self._take = redis.register_script(_TAKE)
         self._add = redis.register_script(_ADD)
         self._acquire = redis.register_script(_ACQUIRE)
+        self._admit = redis.register_script(_ADMIT)
+
+    async def admit(self, check: AdmitCheck) -> tuple[str | None, int]:
+        code, rpm = await self._admit(
+            keys=[self._prefix + b for b in check.buckets()],
+            args=[
+                _limit(check.rpm),
+                61,
+                _limit(check.requests_per_day),
+                seconds_to_utc_midnight(check.now) + 60,
+                _limit(check.tokens_per_day),
+                _limit(check.concurrency),
+                check.now,
+                check.now + check.lease,
+                check.slot,
+                int(check.lease) + 60,
+            ],
+        )
+        return REFUSED_BY.get(int(code)), int(rpm)
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> RedisCounters:

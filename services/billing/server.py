@@ -17,10 +17,9 @@ from services.billing.accounts import AccountDirectory
 from services.billing.consumer import UsageConsumer
 from services.billing.ledger import Ledger
 from services.billing.servicer import BillingServicer
-from services.billing.storage import Store
 from services.billing.stripe_payments import StripePayments
 from services.billing.topups import TopUps
-from services.billing.views import UsageViews
+from services.billing.views import Views
 from services.billing.wallets import Wallets
 
 log = logging.getLogger(__name__)
@@ -32,19 +31,17 @@ async def serve(settings: BillingSettings) -> None:
     url = settings.database_url_for("billing")
     await db.upgrade_async("billing", url)
     engine = db.make_engine(url)
-    store = Store(engine)
-    ledger = Ledger(store)
+    sessions = db.make_sessionmaker(engine)
+    ledger = Ledger(sessions)
     wallets = Wallets(
-        store, min_balance_micros=usd_to_micros(settings.min_balance_usd), hold_ttl=settings.hold_ttl_seconds
+        sessions, min_balance_micros=usd_to_micros(settings.min_balance_usd), hold_ttl_s=settings.hold_ttl_seconds
     )
-    stripe_payments = StripePayments.from_settings(settings)
-    topups = TopUps(store, stripe_payments)
-    auth_channel = insecure_channel(settings.auth_addr)
-    accounts = AccountDirectory(auth_pb2_grpc.AuthServiceStub(auth_channel))
+    expiring = asyncio.create_task(_expire_holds(wallets), name="hold-expiry")
     nc = await events.connect(settings.nats_url, name="faregate-billing")
     js = nc.jetstream()
     stream = events.UsageStream(settings.usage_stream, settings.usage_subject)
     await events.ensure_stream(js, stream)
+    auth_channel = insecure_channel(settings.auth_addr)
     consumer = UsageConsumer(
         js,
         stream,
@@ -52,29 +49,37 @@ async def serve(settings: BillingSettings) -> None:
         batch=settings.consumer_batch,
         max_wait=settings.consumer_max_wait,
         ack_wait=settings.consumer_ack_wait,
-        unknown_accounts=accounts.unknown,
+        unknown_accounts=AccountDirectory(auth_pb2_grpc.AuthServiceStub(auth_channel)).unknown,
     )
-    tasks = [
-        asyncio.create_task(consumer.run(), name="usage-consumer"),
-        asyncio.create_task(wallets.sweep_forever(), name="hold-sweeper"),
-    ]
+    consuming = asyncio.create_task(consumer.run(), name="usage-consumer")
     addr = settings.bind_addr(settings.billing_addr)
-    servicer = BillingServicer(ledger, wallets, UsageViews(store), topups, consumer.stats)
+    stripe = StripePayments.from_settings(settings)
+    servicer = BillingServicer(ledger, wallets, Views(sessions), TopUps(sessions, stripe), consumer.stats)
     server, _ = await start_server(
         addr,
         lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(servicer, s),
         [billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name],
     )
-    log.info("billing listening on %s (Stripe %s)", addr, "on" if settings.stripe_secret_key else "not configured")
+    log.info("billing listening on %s", addr)
     try:
         await wait_for_shutdown()
     finally:
         await server.stop(grace=5)
-        for task in tasks:
+        for task in (consuming, expiring):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await nc.drain()
         await auth_channel.close()
-        await stripe_payments.close()
+        await stripe.close()
         await engine.dispose()
+
+
+async def _expire_holds(wallets: Wallets) -> None:
+    while True:
+        await asyncio.sleep(30)
+        try:
+            if expired := await wallets.expire():
+                log.warning("%d holds expired without a usage record", expired)
+        except Exception:
+            log.exception("expiring holds failed")

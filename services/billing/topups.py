@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from faregate.errors import InvalidRequest
 from services.billing.ledger import post
-from services.billing.storage import Store, add_to_wallet, insert_for, ledger_entries, stripe_customers
+from services.billing.storage import add_to_wallet, insert_for, ledger_entries, stripe_customers
 from services.billing.stripe_payments import Link, StripeEvent, StripePayments
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ class Outcome:
 
 
 class TopUps:
-    def __init__(self, store: Store, stripe: StripePayments) -> None:
-        self._store = store
+    def __init__(self, sessions: async_sessionmaker[Any], stripe: StripePayments) -> None:
+        self._sessions = sessions
         self._stripe = stripe
 
     # -- paying --------------------------------------------------------------------------
@@ -69,16 +70,16 @@ class TopUps:
         return await self._stripe.portal(await self._customer(account_id), return_url)
 
     async def _customer(self, account_id: str) -> str:
-        async with self._store.read() as s:
+        async with self._sessions() as s:
             found = await s.scalar(
                 select(stripe_customers.c.customer_id).where(stripe_customers.c.account_id == account_id)
             )
         if found:
             return str(found)
         customer = await self._stripe.create_customer(account_id)  # idempotent at Stripe per account
-        async with self._store.write() as s:
+        async with self._sessions.begin() as s:
             await s.execute(
-                insert_for(self._store.dialect)(stripe_customers)
+                insert_for(s.bind.dialect.name)(stripe_customers)
                 .values(account_id=account_id, customer_id=customer, created_at_ms=int(time.time() * 1000))
                 .on_conflict_do_nothing()
             )
@@ -115,7 +116,7 @@ class TopUps:
         if not isinstance(amount_cents, int) or amount_cents <= 0:
             return False, "checkout session without a positive amount_total"
         account_id = str((session.get("metadata") or {}).get("faregate_account_id") or "")
-        async with self._store.write() as s:
+        async with self._sessions.begin() as s:
             owner = await s.scalar(
                 select(stripe_customers.c.account_id).where(
                     stripe_customers.c.customer_id == str(session.get("customer") or "")
@@ -140,7 +141,7 @@ class TopUps:
         cumulative = charge.get("amount_refunded")
         if not isinstance(cumulative, int) or cumulative <= 0:
             return False, "charge without a refunded amount"
-        async with self._store.write() as s:
+        async with self._sessions.begin() as s:
             account_id = await self._payer(s, intent)
             if account_id is None:
                 return False, "refund of a payment Faregate did not credit"
@@ -177,7 +178,7 @@ class TopUps:
         amount = dispute.get("amount")
         if not isinstance(amount, int) or amount <= 0:
             return False, "dispute without a positive amount"
-        async with self._store.write() as s:
+        async with self._sessions.begin() as s:
             account_id = await self._payer(s, intent)
             if account_id is None:
                 return False, "dispute of a payment Faregate did not credit"
@@ -193,7 +194,7 @@ class TopUps:
         return applied, done if applied else "already recorded"
 
     @staticmethod
-    async def _payer(s: AsyncConnection, intent: str) -> str | None:
+    async def _payer(s: AsyncSession, intent: str) -> str | None:
         """The account a payment intent topped up, with its wallet locked for this transaction."""
         if not intent:
             return None
@@ -203,7 +204,7 @@ class TopUps:
             )
         )
         if account_id is not None:
-            await s.execute(add_to_wallet(s.dialect.name, account_id, 0, int(time.time() * 1000)))
+            await s.execute(add_to_wallet(s.get_bind().dialect.name, account_id, 0, int(time.time() * 1000)))
         return account_id
 
 

@@ -1,103 +1,125 @@
-"""Read-only views of an account's metering: the request log and usage aggregates.
+"""Read-side queries for the account views: ledger pages, request history, usage totals.
 
-Metadata only: the request log has no column that could hold prompt or completion text.
+Every query is scoped to one account id (the caller's, established by the edge through
+auth); request history holds metadata only. Cursors are opaque strings: the last row's
+position, so pages stay stable while new rows arrive.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate.errors import InvalidRequest
-from services.billing import cursors
-from services.billing.storage import Store, usage_records
+from services.billing.storage import ledger_entries, usage_records
 
-MAX_SPAN_MS = 400 * 86_400_000  # a usage summary covers at most ~13 months
-DAY_MS = 86_400_000
+MAX_PAGE = 500
 GROUPS = ("model", "key", "day")
 
 
-@dataclass(frozen=True)
-class RequestPage:
-    requests: list[dict[str, Any]]
-    next_cursor: str
+def month_start_ms(now: float | None = None) -> int:
+    t = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
+    return int(datetime(t.year, t.month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-@dataclass(frozen=True)
-class UsageGroup:
-    key: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_micros: int
+def next_month_start_ms(now: float | None = None) -> int:
+    t = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
+    year, month = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
+    return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-class UsageViews:
-    def __init__(self, store: Store) -> None:
-        self._store = store
+def _page(limit: int) -> int:
+    return max(1, min(limit or 50, MAX_PAGE))
 
-    async def requests(self, account_id: str, limit: int = 20, cursor: str = "") -> RequestPage:
-        """The account's requests, newest first (by start time, then request id)."""
-        size = cursors.page_size(limit)
-        u = usage_records.c
-        q = select(usage_records).where(u.account_id == account_id)
+
+class Views:
+    def __init__(self, sessions: async_sessionmaker[Any]) -> None:
+        self._sessions = sessions
+
+    async def ledger_page(self, account_id: str, limit: int, cursor: str) -> tuple[list[dict[str, Any]], str]:
+        q = select(ledger_entries).where(ledger_entries.c.account_id == account_id)
         if cursor:
-            ms, rid = cursors.decode("requests", cursor, 2)
-            if not ms.isdigit():
-                raise InvalidRequest("cursor is not one this list gave out", code="invalid_cursor", param="cursor")
-            q = q.where(or_(u.started_at_ms < int(ms), and_(u.started_at_ms == int(ms), u.request_id < rid)))
-        q = q.order_by(u.started_at_ms.desc(), u.request_id.desc()).limit(size + 1)
-        async with self._store.read() as s:
+            q = q.where(ledger_entries.c.id < _int_cursor(cursor))
+        q = q.order_by(ledger_entries.c.id.desc()).limit(_page(limit) + 1)
+        async with self._sessions() as s:
             rows = [dict(r._mapping) for r in (await s.execute(q)).all()]
-        more = len(rows) > size
-        rows = rows[:size]
-        last = rows[-1] if rows else None
-        return RequestPage(
-            rows, cursors.encode("requests", last["started_at_ms"], last["request_id"]) if more and last else ""
-        )
+        more = len(rows) > _page(limit)
+        rows = rows[: _page(limit)]
+        return rows, (str(rows[-1]["id"]) if more else "")
 
-    async def summarize(self, account_id: str, start_ms: int, end_ms: int, group_by: str) -> list[UsageGroup]:
-        """Requests, tokens and cost per model, key or UTC day, for requests started in [start, end)."""
+    async def requests_page(self, account_id: str, limit: int, cursor: str) -> tuple[list[dict[str, Any]], str]:
+        c = usage_records.c
+        q = select(usage_records).where(c.account_id == account_id)
+        if cursor:
+            at, _, rid = cursor.partition(":")
+            q = q.where(
+                or_(c.started_at_ms < _int_cursor(at), and_(c.started_at_ms == _int_cursor(at), c.request_id < rid))
+            )
+        q = q.order_by(c.started_at_ms.desc(), c.request_id.desc()).limit(_page(limit) + 1)
+        async with self._sessions() as s:
+            rows = [dict(r._mapping) for r in (await s.execute(q)).all()]
+        more = len(rows) > _page(limit)
+        rows = rows[: _page(limit)]
+        return rows, (f"{rows[-1]['started_at_ms']}:{rows[-1]['request_id']}" if more else "")
+
+    async def usage(self, account_id: str, start_ms: int, end_ms: int, group_by: str) -> list[dict[str, Any]]:
+        c = usage_records.c
         if group_by not in GROUPS:
-            raise InvalidRequest("group_by must be one of model, key, day", param="group_by")
-        if start_ms < 0 or end_ms <= start_ms:
-            raise InvalidRequest("start must be before end", param="start")
-        if end_ms - start_ms > MAX_SPAN_MS:
-            raise InvalidRequest("a usage summary covers at most 400 days", param="start")
-        u = usage_records.c
-        key: Any = {"model": u.model, "key": u.key_id, "day": u.started_at_ms // DAY_MS}[group_by]
+            raise InvalidRequest(f"group_by must be one of {', '.join(GROUPS)}", param="group_by")
+        if end_ms and start_ms and end_ms <= start_ms:
+            raise InvalidRequest("end must be after start", param="end")
+        key: Any = {"model": c.model, "key": c.key_id, "day": c.started_at_ms / 86_400_000}[group_by]
+        if group_by == "day":
+            key = func.floor(key)
         q = (
             select(
-                key.label("k"),
+                key.label("g"),
                 func.count().label("requests"),
-                func.coalesce(func.sum(u.prompt_tokens), 0),
-                func.coalesce(func.sum(u.completion_tokens), 0),
-                func.coalesce(func.sum(u.cost_micros), 0),
+                func.sum(c.prompt_tokens).label("p"),
+                func.sum(c.completion_tokens).label("c"),
+                func.sum(c.cost_micros).label("cost"),
             )
-            .where(
-                u.account_id == account_id,
-                u.started_at_ms >= start_ms,
-                u.started_at_ms < end_ms,
-            )
+            .where(c.account_id == account_id, c.started_at_ms >= start_ms)
             .group_by(key)
             .order_by(key)
         )
-        async with self._store.read() as s:
+        if end_ms:
+            q = q.where(c.started_at_ms < end_ms)
+        async with self._sessions() as s:
             rows = (await s.execute(q)).all()
-        return [
-            UsageGroup(
-                _day(int(k)) if group_by == "day" else str(k),
-                int(n),
-                int(p),
-                int(c),
-                int(cost),
+        out = []
+        for r in rows:
+            group = r.g
+            if group_by == "day":
+                group = datetime.fromtimestamp(int(group) * 86_400, tz=UTC).strftime("%Y-%m-%d")
+            out.append(
+                {
+                    "group": str(group),
+                    "requests": int(r.requests),
+                    "prompt_tokens": int(r.p or 0),
+                    "completion_tokens": int(r.c or 0),
+                    "cost_micros": int(r.cost or 0),
+                }
             )
-            for k, n, p, c, cost in rows
-        ]
+        return out
+
+    async def month(self, account_id: str) -> tuple[int, int]:
+        """(billed micro-USD, tokens) this UTC month."""
+        c = usage_records.c
+        q = select(
+            func.coalesce(func.sum(c.cost_micros), 0), func.coalesce(func.sum(c.prompt_tokens + c.completion_tokens), 0)
+        ).where(c.account_id == account_id, c.started_at_ms >= month_start_ms(), c.billable.is_(True))
+        async with self._sessions() as s:
+            cost, tokens = (await s.execute(q)).one()
+        return int(cost), int(tokens)
 
 
-def _day(day_number: int) -> str:
-    return datetime.fromtimestamp(day_number * 86_400, tz=UTC).strftime("%Y-%m-%d")
+def _int_cursor(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidRequest("invalid cursor", param="cursor") from None

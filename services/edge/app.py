@@ -15,7 +15,7 @@ from services.edge import errors
 from services.edge.clients import Clients
 from services.edge.context import EdgeContext, parse_networks
 from services.edge.funds import Funds
-from services.edge.routes import admin, billing, chat, health, keys, models, webhooks
+from services.edge.routes import admin, billing, chat, health, keys, models, providers, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +24,13 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         clients = Clients.connect(settings)
-        funds = Funds(
-            clients.billing,
-            clients.router,
-            fail_open=settings.funds_fail_open,
-            refresh_seconds=settings.catalog_refresh_seconds,
-        )
+        funds = Funds(clients.router)
         funds.start(settings.nats_url)
         try:
-            ctx = EdgeContext(settings, clients, settings.admin_secret(), parse_networks(settings.trusted_proxies))
-            yield {"edge": ctx, "funds": funds}
+            ctx = EdgeContext(
+                settings, clients, settings.admin_secret(), funds, parse_networks(settings.trusted_proxies)
+            )
+            yield {"edge": ctx}
         finally:
             await funds.close()
             await clients.close()
@@ -41,7 +38,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
-    for module in (models, keys, admin, health, billing, webhooks):
+    app.add_route("/v1/embeddings", chat.embeddings, methods=["POST"])
+    for module in (models, keys, billing, providers, admin, health, webhooks):
         app.include_router(module.router)
     return app
 

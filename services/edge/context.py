@@ -13,6 +13,7 @@ from fastapi import Request
 
 from faregate.settings import EdgeSettings
 from services.edge.clients import Clients
+from services.edge.funds import Funds
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -22,6 +23,7 @@ class EdgeContext:
     settings: EdgeSettings
     clients: Clients
     admin_token: str
+    funds: Funds
     trusted_proxies: tuple[Network, ...] = ()
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -20,6 +20,7 @@ from faregate.money import token_cost
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.tokens import estimate_messages
+from services.router.breakers import Breakers
 from services.router.catalog import Catalog, Model, Route
 from services.router.providers.base import Provider, Usage
 
@@ -57,9 +58,11 @@ class ChatRouter:
         providers: Mapping[str, Provider],
         usage_sink: UsageSink,
         clock: Callable[[], float] = time.time,
+        breakers: Breakers | None = None,
     ) -> None:
         self._catalog = catalog
         self._providers = providers
+        self.breakers = breakers or Breakers()
         self._sink = usage_sink
         self._clock = clock
 
@@ -100,6 +103,8 @@ class ChatRouter:
         routes = self.routes_for(model)
         for route in routes:
             provider = self._providers[route.provider]
+            if not self.breakers.allow(route.provider):
+                continue
             usage = Usage()
             try:
                 if stream:
@@ -109,13 +114,23 @@ class ChatRouter:
                     completion = await provider.chat(route.model, body)
             except UpstreamError as exc:
                 log.warning("route %s/%s failed before the first byte: %s", route.provider, route.model, exc)
+                self.breakers.failure(route.provider)
                 last_error = exc
                 continue
+            except BaseException:
+                self.breakers.release_probe(route.provider)
+                raise
+            self.breakers.success(route.provider)
             break
         else:
-            assert last_error is not None
-            if len(routes) == 1:
+            if last_error is not None and len(routes) == 1:
                 raise last_error
+            if last_error is None:
+                raise ServiceUnavailable(
+                    f"every provider for {model.id!r} is failing (circuit open); try again later",
+                    code="circuit_open",
+                    retry_after=min(self.breakers.retry_after(r.provider) for r in routes),
+                )
             raise ServiceUnavailable(f"every provider for {model.id!r} failed", retry_after=1) from last_error
 
         record = _record(request, model, route, stream, started)
@@ -133,6 +148,7 @@ class ChatRouter:
                 yield pb.CompletionChunk(data=data)
             status = UsageRecord.STATUS_OK
         except UpstreamError as exc:
+            self.breakers.failure(route.provider)
             status = UsageRecord.STATUS_UPSTREAM_ERROR
             yield pb.CompletionChunk(
                 error=pb.StreamError(type=exc.error_type, message=exc.message, code=exc.code or "")
@@ -140,6 +156,44 @@ class ChatRouter:
         finally:
             await chunks.aclose()
             self._finish(record, usage, body, started, first_at, status)
+
+    async def embeddings(self, request: pb.CompletionRequest) -> pb.CompletionChunk:
+        """Embeddings through the same catalog, caller checks, failover and metering; billed
+        on input tokens only."""
+        started = self._clock()
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise InvalidRequest("'model' is required and must be a string", param="model")
+        items = body.get("input")
+        if not (isinstance(items, str) and items) and not (isinstance(items, list) and items):
+            raise InvalidRequest("'input' must be a non-empty string or array", param="input")
+        model = self._catalog.model(body["model"])
+        caller = request.caller
+        if (caller.guest and not model.guest) or (caller.test_mode and not model.test):
+            raise Forbidden(f"this key cannot use {model.id!r}", code="model_not_allowed", param="model")
+        last_error: FaregateError | None = None
+        for route in self.routes_for(model):
+            if not self.breakers.allow(route.provider):
+                continue
+            try:
+                answer = await self._providers[route.provider].embeddings(route.model, body)
+            except UpstreamError as exc:
+                self.breakers.failure(route.provider)
+                last_error = exc
+                continue
+            except BaseException:
+                self.breakers.release_probe(route.provider)
+                raise
+            self.breakers.success(route.provider)
+            record = _record(request, model, route, False, started)
+            record.endpoint = "embeddings"
+            answer.usage.completion_tokens = 0
+            self._finish(record, answer.usage, body, started, None)
+            return pb.CompletionChunk(start=_start(model, route, False), data=answer.body)
+        raise last_error or ServiceUnavailable(f"every provider for {model.id!r} is failing", retry_after=1)
 
     def _finish(
         self,
@@ -195,5 +249,4 @@ def _record(request: pb.CompletionRequest, model: Model, route: Route, stream: b
         billable=c.billable and not model.test,
         started_at_ms=int(started * 1000),
         stream=stream,
-        hold_id=c.hold_id,
     )

@@ -9,6 +9,7 @@ from faregate.grpc import start_server
 from faregate.lifecycle import wait_for_shutdown
 from faregate.pb.router.v1 import router_pb2, router_pb2_grpc
 from faregate.settings import RouterSettings
+from services.router.breakers import Breakers
 from services.router.catalog import Catalog, load_catalog
 from services.router.providers.base import Provider
 from services.router.providers.echo import EchoProvider
@@ -43,7 +44,8 @@ async def serve(settings: RouterSettings) -> None:
     await events.ensure_stream(js, stream)
     publisher = events.UsagePublisher(js, stream)
     publisher.start()
-    router = ChatRouter(catalog, providers, publisher.submit)
+    breakers = Breakers(settings.breaker_threshold, settings.breaker_open_seconds)
+    router = ChatRouter(catalog, providers, publisher.submit, breakers=breakers)
     addr = settings.bind_addr(settings.router_addr)
     server, _ = await start_server(
         addr,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 
+from faregate.errors import NotFound
 from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.pb.router.v1 import router_pb2_grpc
 from services.router.catalog import Catalog, Model
@@ -38,6 +40,39 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[pb.CompletionChunk]:
         async for chunk in self._router.chat(request):
             yield chunk
+
+    async def Embeddings(self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext) -> pb.CompletionChunk:
+        return await self._router.embeddings(request)
+
+    async def ProviderHealth(
+        self, request: pb.ProviderHealthRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProviderHealthResponse:
+        return self._health()
+
+    async def ResetProviders(
+        self, request: pb.ResetProvidersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProviderHealthResponse:
+        if request.provider and request.provider not in self._catalog.providers:
+            raise NotFound(f"no provider {request.provider!r}", code="provider_not_found", param="provider")
+        self._router.breakers.reset(request.provider or None)
+        return self._health()
+
+    def _health(self) -> pb.ProviderHealthResponse:
+        names = sorted(self._catalog.providers)
+        states = self._router.breakers.snapshot(names)
+        return pb.ProviderHealthResponse(
+            providers=[
+                pb.ProviderState(
+                    provider=name,
+                    status=states[name].state if self._catalog.providers[name].configured else "unconfigured",
+                    consecutive_failures=states[name].consecutive_failures,
+                    last_failure=states[name].last_failure or 0,
+                    configured=self._catalog.providers[name].configured,
+                )
+                for name in names
+            ],
+            timestamp=time.time(),
+        )
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

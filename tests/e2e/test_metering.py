@@ -72,3 +72,24 @@ def test_malformed_records_are_dead_lettered_and_counted(stack: Stack) -> None:
         lambda: stack.http.get("/health").json()["metering"]["dead_lettered"] >= before + 2,
         what="dead-letter count in /health",
     )
+
+
+def test_a_record_of_an_unknown_account_is_dead_lettered_with_its_reason(stack: Stack) -> None:
+    before = stack.http.get("/health").json()["metering"]["dead_lettered"]
+    rid = f"req_{secrets.token_hex(8)}"
+    asyncio.run(publish(stack, [(record("acc_nobody_knows", rid, 5).SerializeToString(), rid)]))
+
+    async def dead_letter() -> dict[str, str] | None:
+        nc = await nats.connect(stack.infra.nats_url)
+        try:
+            msg = await nc.jetstream().get_last_msg(stack.usage_stream, f"{stack.usage_subject}.dead")
+        except nats.js.errors.NotFoundError:
+            return None
+        finally:
+            await nc.close()
+        return dict(msg.headers or {}) if UsageRecord.FromString(msg.data).request_id == rid else None
+
+    headers = wait_for(lambda: asyncio.run(dead_letter()), what="the dead letter")
+    assert headers["Faregate-Reason"] == "unknown account 'acc_nobody_knows'"
+    wait_for(lambda: stack.http.get("/health").json()["metering"]["dead_lettered"] > before, what="it counted")
+    assert not [e for e in ledger(stack, "acc_nobody_knows")]

@@ -79,7 +79,7 @@ def test_checkout_then_webhook_tops_the_wallet_up_once(paying: Stack, stripe_stu
     assert (first.json()["applied"], replay.json()["applied"]) == (True, False)
     assert balance(paying, key) == 25.5
     txns = paying.http.get("/v1/billing/transactions", headers=auth(key)).json()["data"]
-    assert [(t["type"], t["amount_usd"]) for t in txns] == [("topup", 25.5)]
+    assert [(t["kind"], t["amount_usd"]) for t in txns] == [("topup", 25.5)]
 
     portal = paying.http.post("/v1/billing/portal", json={"return_url": "https://app.example/b"}, headers=auth(key))
     assert portal.status_code == 200 and portal.json()["url"].startswith("https://billing.stripe.test/")

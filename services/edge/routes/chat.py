@@ -1,7 +1,6 @@
 """POST /v1/chat/completions: the hot path.
 
-One round of auth (with billing's funds hold beside it for live keys: services/edge/funds.py),
-then one router call; the body is relayed as bytes (the router parses it),
+One auth call, then one router call; the body is relayed as bytes (the router parses it),
 and the answer is relayed as bytes: whole for JSON, chunk by chunk for SSE. Mounted as a
 plain Starlette route (services/edge/app.py): no dependency solving, no body model.
 """
@@ -11,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import orjson
@@ -20,10 +20,10 @@ from starlette.responses import Response, StreamingResponse
 from faregate.errors import PayloadTooLarge, UpstreamError
 from faregate.grpc import error_from_rpc
 from faregate.pb.auth.v1 import auth_pb2
+from faregate.pb.billing.v1 import billing_pb2
 from faregate.pb.router.v1 import router_pb2
 from services.edge.clients import unary
 from services.edge.context import EdgeContext, bearer, edge, new_request_id
-from services.edge.funds import funds
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -38,47 +38,115 @@ def rate_limit_headers(reply: auth_pb2.AuthenticateResponse, request_id: str) ->
     return headers
 
 
-async def chat_completions(request: Request) -> Response:
+async def _admitted(
+    request: Request,
+) -> tuple[EdgeContext, str, bytes, auth_pb2.AuthenticateResponse, bool, Slot]:
+    """What every inference route does first: size check, admission, funds hold, slot."""
     ctx = edge(request)
     request.state.request_id = request_id = new_request_id()
     raw = await request.body()
     if len(raw) > ctx.settings.max_body_bytes:
         raise PayloadTooLarge(f"request body is over {ctx.settings.max_body_bytes} bytes")
     key = bearer(request)
-    admitted, hold = await funds(request).admit(  # auth and billing in one round (services/edge/funds.py)
-        key,
-        raw,
-        request_id,
-        unary(
-            ctx.clients.auth.Authenticate,
-            auth_pb2.AuthenticateRequest(api_key=key, client_ip=ctx.client_ip(request), request_id=request_id),
-        ),
-    )
-    slot = Slot(ctx, admitted)
+    amount = ctx.funds.worst_case(raw) if key.startswith("gw_live_") else 0
+    admitted, hold = await admit(ctx, key, ctx.client_ip(request), request_id, amount)
+    return ctx, request_id, raw, admitted, hold, Slot(ctx, admitted)
+
+
+async def chat_completions(request: Request) -> Response:
+    ctx, request_id, raw, admitted, hold, slot = await _admitted(request)
     try:
-        hold.check()
-        return await _answer(ctx, request_id, admitted, raw, slot, hold.id)
+        return await _answer(ctx, request_id, admitted, raw, slot)
     except BaseException:
         slot.release()
-        hold.release()
+        if hold:  # no answer, so no usage record will release it
+            ctx.spawn(_release_hold(ctx, request_id))
         raise
 
 
+async def admit(
+    ctx: EdgeContext, key: str, client_ip: str, request_id: str, amount: int
+) -> tuple[auth_pb2.AuthenticateResponse, bool]:
+    """Auth's admission and, for a live key on a priced model, billing's hold: in the same
+    round when the key's account is known from an earlier request, one after the other
+    otherwise. Whatever one side granted is given back when the other refuses."""
+    authenticate = unary(
+        ctx.clients.auth.Authenticate,
+        auth_pb2.AuthenticateRequest(api_key=key, client_ip=client_ip, request_id=request_id),
+    )
+    account = ctx.funds.account_of(key) if amount else None
+    if account is None:
+        admitted = await authenticate
+        if not (amount and admitted.billable):
+            return admitted, False
+        ctx.funds.remember(key, admitted.account_id)
+        try:
+            await _reserve(ctx, admitted.account_id, request_id, amount)
+        except BaseException:
+            Slot(ctx, admitted).release()
+            raise
+        return admitted, True
+    results: tuple[Any, Any] = await asyncio.gather(
+        authenticate, _reserve(ctx, account, request_id, amount), return_exceptions=True
+    )
+    got, held = results
+    if isinstance(got, BaseException):
+        if not isinstance(held, BaseException):
+            ctx.spawn(_release_hold(ctx, request_id))
+        raise got
+    if isinstance(held, BaseException):
+        Slot(ctx, got).release()
+        raise held
+    return got, True
+
+
+async def _reserve(ctx: EdgeContext, account_id: str, request_id: str, amount: int) -> None:
+    await unary(
+        ctx.clients.billing.Reserve,
+        billing_pb2.ReserveRequest(account_id=account_id, request_id=request_id, amount_micros=amount),
+    )
+
+
+async def _release_hold(ctx: EdgeContext, request_id: str) -> None:
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await ctx.clients.billing.ReleaseHold(billing_pb2.ReleaseHoldRequest(request_id=request_id), timeout=5)
+
+
+async def embeddings(request: Request) -> Response:
+    """POST /v1/embeddings: the same admission and funds check, one router call."""
+    ctx, request_id, raw, admitted, hold, slot = await _admitted(request)
+    try:
+        answer = await unary(
+            ctx.clients.router.Embeddings,
+            router_pb2.CompletionRequest(request_id=request_id, caller=_caller(admitted), body=raw),
+        )
+    except BaseException:
+        if hold:
+            ctx.spawn(_release_hold(ctx, request_id))
+        raise
+    finally:
+        slot.release()
+    return Response(answer.data, media_type="application/json", headers=rate_limit_headers(admitted, request_id))
+
+
+def _caller(admitted: auth_pb2.AuthenticateResponse) -> router_pb2.Caller:
+    return router_pb2.Caller(
+        account_id=admitted.account_id,
+        key_id=admitted.key_id,
+        billable=admitted.billable,
+        test_mode=admitted.mode == auth_pb2.KEY_MODE_TEST,
+        max_tokens_cap=admitted.max_tokens_cap,
+        guest=admitted.guest,
+    )
+
+
 async def _answer(
-    ctx: EdgeContext, request_id: str, admitted: auth_pb2.AuthenticateResponse, raw: bytes, slot: Slot, hold_id: str
+    ctx: EdgeContext, request_id: str, admitted: auth_pb2.AuthenticateResponse, raw: bytes, slot: Slot
 ) -> Response:
     call = ctx.clients.router.ChatCompletion(
         router_pb2.CompletionRequest(
             request_id=request_id,
-            caller=router_pb2.Caller(
-                account_id=admitted.account_id,
-                key_id=admitted.key_id,
-                billable=admitted.billable,
-                test_mode=admitted.mode == auth_pb2.KEY_MODE_TEST,
-                max_tokens_cap=admitted.max_tokens_cap,
-                guest=admitted.guest,
-                hold_id=hold_id,
-            ),
+            caller=_caller(admitted),
             body=raw,
         )
     )

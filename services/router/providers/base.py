@@ -46,5 +46,11 @@ class Provider(ABC):
         is relayed only when the client asked for it (``include_usage``).
         """
 
+    async def embeddings(self, model: str, body: dict[str, Any]) -> Completion:
+        """An embeddings response for the upstream model id ``model`` (input tokens only)."""
+        from faregate.errors import InvalidRequest
+
+        raise InvalidRequest(f"provider {self.name} does not serve embeddings")
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass

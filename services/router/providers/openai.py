@@ -26,14 +26,15 @@ class OpenAIProvider(Provider):
     def __init__(self, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
         self.name = config.name
         self._url = f"{config.base_url}/chat/completions"
+        self._embeddings_url = f"{config.base_url}/embeddings"
         self._session = session
         self._headers = {"Content-Type": "application/json"}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
 
-    async def _post(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def _post(self, payload: dict[str, Any], url: str | None = None) -> aiohttp.ClientResponse:
         try:
-            resp = await self._session.post(self._url, data=orjson.dumps(payload), headers=self._headers)
+            resp = await self._session.post(url or self._url, data=orjson.dumps(payload), headers=self._headers)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"provider {self.name} timed out") from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -58,8 +59,9 @@ class OpenAIProvider(Provider):
             retry_after=retry_after,
         )
 
-    async def chat(self, model: str, body: dict[str, Any]) -> Completion:
-        resp = await self._post({**body, "model": model})
+    async def _whole(self, payload: dict[str, Any], url: str | None = None) -> tuple[bytes, Any]:
+        """POST and read a whole JSON answer: (the bytes as sent, the parsed document)."""
+        resp = await self._post(payload, url)
         try:
             data = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -67,9 +69,12 @@ class OpenAIProvider(Provider):
         finally:
             resp.release()
         try:
-            doc = orjson.loads(data)
+            return data, orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"provider {self.name} answered invalid JSON") from exc
+
+    async def chat(self, model: str, body: dict[str, Any]) -> Completion:
+        data, doc = await self._whole({**body, "model": model})
         usage = Usage()
         reported = doc.get("usage") if isinstance(doc, dict) else None
         if isinstance(reported, dict):
@@ -81,6 +86,18 @@ class OpenAIProvider(Provider):
             usage.completion_tokens = sum(
                 estimate_text(message_text((c.get("message") or {}).get("content"))) for c in doc.get("choices") or []
             )
+        return Completion(data, usage)
+
+    async def embeddings(self, model: str, body: dict[str, Any]) -> Completion:
+        data, doc = await self._whole({**body, "model": model}, self._embeddings_url)
+        usage = Usage()
+        reported = doc.get("usage") if isinstance(doc, dict) else None
+        if isinstance(reported, dict) and reported.get("prompt_tokens") is not None:
+            usage.prompt_tokens, usage.reported = int(reported["prompt_tokens"]), True
+        else:
+            items = body.get("input")
+            texts = items if isinstance(items, list) else [items]
+            usage.prompt_tokens = sum(estimate_text(t) if isinstance(t, str) else len(t or []) for t in texts)
         return Completion(data, usage)
 
     async def chat_stream(

@@ -99,3 +99,29 @@ def test_plans_defaults_and_overrides() -> None:
     assert plans.named("basic").overridden(rpm=-1, concurrency=5, tokens_per_day=None) == Limits(
         None, 1_000, 500_000, 5, tokens_per_month=10_000_000
     )
+
+
+async def test_admit_is_all_or_nothing(counters: Counters) -> None:
+    from services.auth.limits import AdmitCheck
+
+    def check(slot: str, now: float = 1_000_020.0) -> AdmitCheck:
+        return AdmitCheck(
+            "k",
+            rpm=3,
+            requests_per_day=10,
+            tokens_per_day=None,
+            concurrency=2,
+            concurrency_bucket="conc:{k}",
+            slot=slot,
+            lease=30,
+            now=now,
+        )
+
+    assert await counters.admit(check("a")) == (None, 1)
+    assert await counters.admit(check("b")) == (None, 2)
+    assert await counters.admit(check("c")) == ("concurrency", 2)  # refused: nothing counted
+    await counters.release("conc:{k}", "a")
+    assert await counters.admit(check("c")) == (None, 3)
+    await counters.release("conc:{k}", "b")
+    assert await counters.admit(check("d")) == ("rpm", 3)
+    assert (await counters.admit(check("d", now=1_000_080.0)))[0] is None  # next minute

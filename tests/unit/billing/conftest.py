@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate import db
-from services.billing.storage import Store
 from tests.harness import create_postgres_database, drop_postgres_database
 
 
@@ -27,7 +28,7 @@ def billing_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-async def store(billing_url: str) -> AsyncIterator[Store]:
+async def sessions(billing_url: str) -> AsyncIterator[async_sessionmaker[Any]]:
     engine = db.make_engine(billing_url)
-    yield Store(engine)
+    yield db.make_sessionmaker(engine)
     await engine.dispose()

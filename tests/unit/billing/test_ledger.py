@@ -11,7 +11,6 @@ from faregate import db
 from faregate.errors import InvalidRequest
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.billing.ledger import Ledger
-from services.billing.storage import Store
 
 
 @pytest.fixture
@@ -19,7 +18,7 @@ async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'billing.db'}"
     await db.upgrade_async("billing", url)
     engine = db.make_engine(url)
-    yield Ledger(Store(engine))
+    yield Ledger(db.make_sessionmaker(engine))
     await engine.dispose()
 
 
@@ -55,7 +54,7 @@ async def test_balance_equals_the_sum_of_entries(ledger: Ledger) -> None:
     await ledger.credit("acc_2", 5_000, note="grant")
     await ledger.apply_usage([usage(f"q{i}", "acc_2", cost=i) for i in range(20)])
     await ledger.apply_usage([usage("free", "acc_2", cost=999, billable=False)])
-    entries = (await ledger.entries("acc_2", 1000)).entries
+    entries = await ledger.entries("acc_2", 1000)
     assert sum(e["amount_micros"] for e in entries) == (await ledger.wallet("acc_2")).balance_micros
     assert next(e for e in entries if e["request_id"] == "free")["amount_micros"] == 0
 
@@ -75,4 +74,4 @@ async def test_accounts_do_not_mix(ledger: Ledger) -> None:
     await ledger.apply_usage([usage("a1", "acc_a", cost=10), usage("b1", "acc_b", cost=20)])
     assert (await ledger.wallet("acc_a")).balance_micros == -10
     assert (await ledger.wallet("acc_b")).balance_micros == -20
-    assert [e["request_id"] for e in (await ledger.entries("acc_a")).entries] == ["a1"]
+    assert [e["request_id"] for e in await ledger.entries("acc_a")] == ["a1"]

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import stripe
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate.errors import InvalidRequest, ServiceUnavailable, UpstreamError
 from services.billing.ledger import Ledger
-from services.billing.storage import Store
 from services.billing.stripe_payments import StripePayments
 from services.billing.topups import TopUps
 from tests.fakes.stripe_stub import StripeStub, event, sign
@@ -48,8 +48,10 @@ async def deliver(topups: TopUps, type_: str, obj: dict[str, Any], event_id: str
     return await topups.handle_webhook(body, sign(body, SECRET))
 
 
-async def test_checkout_makes_one_customer_per_account_and_a_session(store: Store, stub: StripeStub) -> None:
-    topups = TopUps(store, payments(stub))
+async def test_checkout_makes_one_customer_per_account_and_a_session(
+    sessions: async_sessionmaker[Any], stub: StripeStub
+) -> None:
+    topups = TopUps(sessions, payments(stub))
     acc = account()
     first = await topups.checkout(acc, 25_000_000, "https://app.example/ok", "https://app.example/no")
     second = await topups.checkout(acc, 12_340_000, "https://app.example/ok", "https://app.example/no")
@@ -62,8 +64,8 @@ async def test_checkout_makes_one_customer_per_account_and_a_session(store: Stor
     assert stub.requests[-1]["params"]["customer"] == s1["customer"]
 
 
-async def test_bad_checkouts_are_refused_before_stripe(store: Store, stub: StripeStub) -> None:
-    topups = TopUps(store, payments(stub))
+async def test_bad_checkouts_are_refused_before_stripe(sessions: async_sessionmaker[Any], stub: StripeStub) -> None:
+    topups = TopUps(sessions, payments(stub))
     before = len(stub.requests)
     for amount, ok, cancel in (
         (0, "https://a/ok", "https://a/no"),
@@ -79,11 +81,13 @@ async def test_bad_checkouts_are_refused_before_stripe(store: Store, stub: Strip
     assert len(stub.requests) == before
 
 
-async def test_stripe_failures_and_missing_configuration_are_our_errors(store: Store, stub: StripeStub) -> None:
+async def test_stripe_failures_and_missing_configuration_are_our_errors(
+    sessions: async_sessionmaker[Any], stub: StripeStub
+) -> None:
     stub.fail_next = 500
     with pytest.raises(UpstreamError):
-        await TopUps(store, payments(stub)).checkout(account(), 5_000_000, "https://a/ok", "https://a/no")
-    bare = TopUps(store, StripePayments(None, None))
+        await TopUps(sessions, payments(stub)).checkout(account(), 5_000_000, "https://a/ok", "https://a/no")
+    bare = TopUps(sessions, StripePayments(None, None))
     with pytest.raises(ServiceUnavailable) as err:
         await bare.checkout(account(), 5_000_000, "https://a/ok", "https://a/no")
     assert "FAREGATE_STRIPE_SECRET_KEY" in err.value.message and err.value.code == "stripe_not_configured"
@@ -91,8 +95,10 @@ async def test_stripe_failures_and_missing_configuration_are_our_errors(store: S
         await bare.handle_webhook(b"{}", "t=1,v1=00")
 
 
-async def test_a_paid_checkout_credits_once_however_often_it_is_delivered(store: Store, stub: StripeStub) -> None:
-    topups, ledger = TopUps(store, payments(stub)), Ledger(store)
+async def test_a_paid_checkout_credits_once_however_often_it_is_delivered(
+    sessions: async_sessionmaker[Any], stub: StripeStub
+) -> None:
+    topups, ledger = TopUps(sessions, payments(stub)), Ledger(sessions)
     acc = account()
     session = await paid(topups, stub, acc, 20)
     first = await deliver(topups, "checkout.session.completed", session, "evt_a")
@@ -105,8 +111,10 @@ async def test_a_paid_checkout_credits_once_however_often_it_is_delivered(store:
     assert not pending.applied and (await ledger.wallet(acc)).balance_micros == 20_000_000
 
 
-async def test_forged_stale_and_foreign_deliveries_move_no_money(store: Store, stub: StripeStub) -> None:
-    topups, ledger = TopUps(store, payments(stub)), Ledger(store)
+async def test_forged_stale_and_foreign_deliveries_move_no_money(
+    sessions: async_sessionmaker[Any], stub: StripeStub
+) -> None:
+    topups, ledger = TopUps(sessions, payments(stub)), Ledger(sessions)
     acc = account()
     session = await paid(topups, stub, acc, 10)
     body = event("checkout.session.completed", session)
@@ -128,8 +136,10 @@ async def test_forged_stale_and_foreign_deliveries_move_no_money(store: Store, s
     assert (await ledger.wallet(acc)).balance_micros == 0
 
 
-async def test_refunds_and_disputes_are_negative_entries_recorded_once(store: Store, stub: StripeStub) -> None:
-    topups, ledger = TopUps(store, payments(stub)), Ledger(store)
+async def test_refunds_and_disputes_are_negative_entries_recorded_once(
+    sessions: async_sessionmaker[Any], stub: StripeStub
+) -> None:
+    topups, ledger = TopUps(sessions, payments(stub)), Ledger(sessions)
     acc = account()
     session = await paid(topups, stub, acc, 50)
     await deliver(topups, "checkout.session.completed", session)
@@ -147,7 +157,7 @@ async def test_refunds_and_disputes_are_negative_entries_recorded_once(store: St
     assert not (await deliver(topups, "charge.dispute.closed", {**dispute, "status": "lost"})).applied
     assert (await deliver(topups, "charge.dispute.closed", {**dispute, "status": "won"})).applied
     assert (await ledger.wallet(acc)).balance_micros == 35_000_000
-    kinds = [e["kind"] for e in (await ledger.entries(acc)).entries]
+    kinds = [e["kind"] for e in await ledger.entries(acc)]
     assert kinds == ["dispute", "dispute", "refund", "topup"]
     unknown = {**charge, "payment_intent": "pi_never_credited", "amount_refunded": 100}
     assert not (await deliver(topups, "charge.refunded", unknown)).applied
