@@ -16,7 +16,9 @@ def test_embeddings_with_the_sdk_are_metered_on_input_tokens(stack: Stack) -> No
     acc = stack.create_account(credit_usd=2)
     key = stack.create_key(acc)
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
-    one = client.embeddings.with_raw_response.create(model="fake-model", input="a single sentence here")
+    one = client.embeddings.with_raw_response.create(
+        model="fake-model", input="a single sentence here", encoding_format="float"
+    )
     validate("CreateEmbeddingResponse", one.http_response.json())
     batch = client.embeddings.create(model="fake-model", input=["first text", "second text", "third"])
     assert [d.index for d in batch.data] == [0, 1, 2] and all(len(d.embedding) == 8 for d in batch.data)
