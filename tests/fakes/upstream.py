@@ -401,7 +401,9 @@ class FakeUpstream:
         if a.tool:
             opening = [{"index": 0, **call, "function": {"name": a.tool, "arguments": ""}}]
             first: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": opening}
-            deltas = [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in a.pieces(b.chunks)]
+            deltas: list[dict[str, Any]] = [
+                {"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in a.pieces(b.chunks)
+            ]
         else:
             first = {"role": "assistant", "content": ""}
             deltas = [{"content": p} for p in a.pieces(b.chunks)]
@@ -421,13 +423,12 @@ class FakeUpstream:
             return _error("anthropic", 400, "messages and max_tokens are required")
         a = _answer(body, "anthropic")
         stop_reason = "tool_use" if a.tool else "end_turn"
-        tool_block = {"type": "tool_use", "id": "toolu_fake1", "name": a.tool}
+        tool_block: dict[str, Any] = {"type": "tool_use", "id": "toolu_fake1", "name": a.tool}
         message: dict[str, Any] = {"id": f"msg_fake{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant"}
         message["model"] = body.get("model")
         if not body.get("stream"):
-            block = (
-                {**tool_block, "input": orjson.loads(TOOL_ARGUMENTS)} if a.tool else {"type": "text", "text": a.text}
-            )
+            text = {"type": "text", "text": a.text}
+            block = {**tool_block, "input": orjson.loads(TOOL_ARGUMENTS)} if a.tool else text
             message.update(content=[block], stop_reason=stop_reason, stop_sequence=None)
             if b.include_usage:
                 message["usage"] = {"input_tokens": a.prompt_tokens, "output_tokens": a.completion_tokens}
@@ -438,7 +439,7 @@ class FakeUpstream:
         if b.include_usage:  # like Anthropic: a first count at the start, the final one in message_delta
             message["usage"] = {"input_tokens": a.prompt_tokens, "output_tokens": 1}
             final["usage"] = {"output_tokens": a.completion_tokens}
-        start = {**tool_block, "input": {}} if a.tool else {"type": "text", "text": ""}
+        start: dict[str, Any] = {**tool_block, "input": {}} if a.tool else {"type": "text", "text": ""}
         delta_type, field = ("input_json_delta", "partial_json") if a.tool else ("text_delta", "text")
         events: list[Event] = [
             ("message_start", {"type": "message_start", "message": message}, False),

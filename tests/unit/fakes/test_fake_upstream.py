@@ -40,8 +40,9 @@ def _ok_again(fake: FakeUpstream) -> Iterator[None]:
 
 
 @pytest.fixture
-def client(fake: FakeUpstream) -> openai.OpenAI:
-    return openai.OpenAI(base_url=fake.base_url, api_key=KEY, max_retries=0)
+def client(fake: FakeUpstream) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=fake.base_url, api_key=KEY, max_retries=0) as sdk:
+        yield sdk
 
 
 def stream_chunks(client: openai.OpenAI, **kwargs: Any) -> list[dict[str, Any]]:
@@ -180,17 +181,30 @@ def test_disconnect_slow_and_stall(client: openai.OpenAI, fake: FakeUpstream) ->
 def test_stop_does_not_wait_for_stalled_requests() -> None:
     upstream = FakeUpstream().start()
     upstream.set_behavior("stall")
-    threading.Thread(target=lambda: httpx.get(upstream.base_url.replace("/v1", "/v1/models")), daemon=True).start()
-    with pytest.raises(httpx.TimeoutException):
-        httpx.post(f"{upstream.base_url}/chat/completions", json={"model": "m", "messages": HELLO}, timeout=0.2)
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            body = {"model": "m", "messages": HELLO}
+            outcome.append(httpx.post(f"{upstream.base_url}/chat/completions", json=body, timeout=10).status_code)
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    while not upstream.requests:
+        time.sleep(0.01)
     started = time.monotonic()
     upstream.stop()
-    assert time.monotonic() - started < 3
+    caller.join(5)
+    assert time.monotonic() - started < 3 and outcome, "the stalled request is released or cut, not left hanging"
 
 
 def test_wrong_key_is_401(fake: FakeUpstream) -> None:
-    wrong = openai.OpenAI(base_url=fake.base_url, api_key="not-it", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as info:
+    with (
+        openai.OpenAI(base_url=fake.base_url, api_key="not-it", max_retries=0) as wrong,
+        pytest.raises(openai.AuthenticationError) as info,
+    ):
         wrong.chat.completions.create(model="m", messages=HELLO)
     validate("ErrorResponse", info.value.response.json())
 
@@ -201,7 +215,7 @@ def test_embeddings_and_models(client: openai.OpenAI) -> None:
     validate("CreateEmbeddingResponse", doc)
     assert [d["index"] for d in doc["data"]] == [0, 1] and all(len(d["embedding"]) == 8 for d in doc["data"])
     assert doc["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
-    again = client.embeddings.create(model="e", input="one")  # the SDK asks for base64; floats are fine too
+    again = client.embeddings.create(model="e", input="one")  # the SDK asks for base64 and decodes it
     assert again.data[0].embedding == pytest.approx(doc["data"][0]["embedding"], abs=1e-6)
     models = client.models.with_raw_response.list().http_response.json()
     validate("ListModelsResponse", models)
@@ -299,13 +313,10 @@ def test_cli_runs_in_the_foreground() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    root = Path(__file__).resolve().parents[3]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port)], cwd=root, stdout=subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None and f":{port}/v1" in proc.stdout.readline().decode()
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["object"] == "list"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    command = [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port)]
+    with subprocess.Popen(command, cwd=Path(__file__).resolve().parents[3], stdout=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout is not None and f":{port}/v1" in proc.stdout.readline().decode()
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["object"] == "list"
+        finally:
+            proc.terminate()
