@@ -50,6 +50,7 @@ class RouteSpec(_Strict):
 class ModelSpec(_Strict):
     id: str
     name: str | None = None
+    aliases: list[str] = []  # other public ids that resolve to this model
     categories: list[str] = []
     context_length: int = Field(default=8192, gt=0)
     pricing: PricingSpec
@@ -101,6 +102,7 @@ class Model:
     test: bool
     guest: bool
     created: int
+    aliases: tuple[str, ...] = ()
 
     @property
     def owned_by(self) -> str:
@@ -115,9 +117,11 @@ class Catalog:
     def __init__(self, providers: Mapping[str, Provider], models: Mapping[str, Model]) -> None:
         self.providers = dict(providers)
         self.models = dict(models)
+        self.aliases = {alias: m.id for m in self.models.values() for alias in m.aliases}
 
     def model(self, model_id: str) -> Model:
-        found = self.models.get(model_id)
+        """The model with this public id or alias."""
+        found = self.models.get(model_id) or self.models.get(self.aliases.get(model_id, ""))
         if found is None:
             raise NotFound(f"model {model_id!r} does not exist", code="model_not_found", param="model")
         return found
@@ -147,12 +151,17 @@ def load_catalog(path: Path | None = None, env: Mapping[str, str] | None = None)
     providers[ECHO_PROVIDER] = Provider(ECHO_PROVIDER, "echo", "", None, None)
     created = int(time.time())
     models: dict[str, Model] = {}
+    aliases: dict[str, str] = {}
     for m in [*spec.models, _echo_spec()]:
         for r in m.routes:
             if r.provider not in providers:
                 raise CatalogError(f"model {m.id!r} routes to unknown provider {r.provider!r}")
-        if m.id in models:
+        if m.id in models or m.id in aliases:
             raise CatalogError(f"model {m.id!r} is listed twice")
+        for alias in m.aliases:
+            if alias in models or alias in aliases or alias == m.id:
+                raise CatalogError(f"alias {alias!r} of model {m.id!r} is already a model id or alias")
+            aliases[alias] = m.id
         models[m.id] = Model(
             id=m.id,
             name=m.name or m.id,
@@ -168,6 +177,7 @@ def load_catalog(path: Path | None = None, env: Mapping[str, str] | None = None)
             test=m.test,
             guest=m.guest,
             created=created,
+            aliases=tuple(m.aliases),
         )
     return Catalog(providers, models)
 

@@ -54,3 +54,27 @@ def test_bad_catalogs_are_refused_with_a_reason(tmp_path: Path, text: str) -> No
     path.write_text(text)
     with pytest.raises(CatalogError):
         load_catalog(path, env={})
+
+
+def test_aliases_resolve_to_the_model_and_cannot_collide(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("""
+providers:
+  a: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+models:
+  - id: claude-sonnet
+    aliases: [claude-3-5-sonnet-latest, sonnet]
+    pricing: {prompt: 3, completion: 15}
+    routes: [{provider: a, model: claude-3-5-sonnet-20241022}]
+""")
+    catalog = load_catalog(path, env={})
+    assert catalog.model("sonnet").id == "claude-sonnet"
+    assert catalog.model("claude-3-5-sonnet-latest").routes[0].model == "claude-3-5-sonnet-20241022"
+    assert "sonnet" not in catalog.models  # aliases are not listed as models of their own
+    path.write_text(path.read_text() + """
+  - id: sonnet
+    pricing: {prompt: 1, completion: 1}
+    routes: [{provider: a, model: x}]
+""")
+    with pytest.raises(CatalogError, match="listed twice"):
+        load_catalog(path, env={})
