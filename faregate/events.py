@@ -26,6 +26,7 @@ from faregate.pb.events.v1.usage_pb2 import UsageRecord
 log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
+CATALOG_CHANGED = "faregate.catalog.changed"  # core NATS: a router changed prices; caches reload
 ACK_TIMEOUT_S = 5.0
 
 

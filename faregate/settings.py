@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     nats_url: str | None = None
     usage_stream: str = "FAREGATE_USAGE"
     usage_subject: str = "faregate.usage.v1"
+    catalog_bucket: str = "FAREGATE_CATALOG"  # JetStream key-value bucket of admin price changes
     redis_url: str | None = None
     redis_prefix: str = "faregate:"
 
@@ -84,6 +85,8 @@ class RouterSettings(Settings):
     upstream_pool_size: int = 512
     breaker_threshold: int = Field(default=3, ge=1)  # consecutive failures that open a provider's circuit
     breaker_open_seconds: float = Field(default=600.0, gt=0)  # skipped this long, then one probe
+    breaker_probe_seconds: float = Field(default=60.0, gt=0)  # a probe that never reports back frees the slot
+    first_token_timeout: float = Field(default=20.0, gt=0)  # a stream with no first chunk by then fails over
 
 
 class EdgeSettings(Settings):

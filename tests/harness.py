@@ -108,6 +108,7 @@ class Stack:
             "FAREGATE_NATS_URL": infra.nats_url,
             "FAREGATE_USAGE_STREAM": self.usage_stream,
             "FAREGATE_USAGE_SUBJECT": self.usage_subject,
+            "FAREGATE_CATALOG_BUCKET": f"{self.usage_stream}_CATALOG",
             "FAREGATE_ADMIN_TOKEN": self.admin_token,
             "FAREGATE_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",

@@ -53,10 +53,34 @@ class Admission:
     window: Window | None
     slot_id: str
     guest: bool = False
+    routing_mode: str = ""
+    preferred_provider: str = ""
 
     @property
     def billable(self) -> bool:
         return self.mode == "live" and not self.guest
+
+
+ROUTING_MODES = ("auto", "preferred", "failover")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """A key's routing mode: auto (the chain), preferred (a provider first), failover (only it)."""
+
+    mode: str = "auto"
+    provider: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ROUTING_MODES:
+            raise InvalidRequest(f"routing_mode must be one of {', '.join(ROUTING_MODES)}", param="routing_mode")
+        if self.mode != "auto" and not self.provider:
+            raise InvalidRequest(f"routing_mode {self.mode!r} needs a preferred_provider", param="preferred_provider")
+        if len(self.provider) > 100:
+            raise InvalidRequest("preferred_provider is at most 100 characters", param="preferred_provider")
+
+    def columns(self) -> dict[str, str | None]:
+        return {"routing_mode": self.mode, "preferred_provider": self.provider or None}
 
 
 class Authenticator:
@@ -130,7 +154,16 @@ class Authenticator:
         )
         slot, window = await self._decide(key.id, limits, _slot_bucket(key.id))
         self._last_used[key.id] = now_ms()
-        return Admission(key.account_id, key.id, key.mode, key.plan, window, slot)
+        return Admission(
+            key.account_id,
+            key.id,
+            key.mode,
+            key.plan,
+            window,
+            slot,
+            routing_mode=key.routing_mode or "",
+            preferred_provider=key.preferred_provider or "",
+        )
 
     async def _decide(
         self, subject: str, limits: Limits, slot_bucket: str, *, guest: bool = False
@@ -244,7 +277,9 @@ class Authenticator:
             raise NotFound(f"no account {account_id!r}", code="account_not_found")
         return row
 
-    async def create_key(self, account_id: str, name: str, mode: str, expires_at_ms: int | None) -> tuple[KeyRow, str]:
+    async def create_key(
+        self, account_id: str, name: str, mode: str, expires_at_ms: int | None, routing: Routing | None = None
+    ) -> tuple[KeyRow, str]:
         if account_id == GUEST_ACCOUNT:
             raise InvalidRequest("the guest account has no keys")
         await self.account(account_id)
@@ -256,7 +291,14 @@ class Authenticator:
             raise InvalidRequest("expires_at must be in the future", param="expires_at")
         secret = keys.generate(mode)
         row = await self._store.create_key(
-            account_id, name, mode, self._hasher.digest(secret), secret[:12], secret[-4:], expires_at_ms
+            account_id,
+            name,
+            mode,
+            self._hasher.digest(secret),
+            secret[:12],
+            secret[-4:],
+            expires_at_ms,
+            routing.columns() if routing else None,
         )
         return row, secret
 
@@ -271,13 +313,25 @@ class Authenticator:
         self._forget(key_id)
         return row
 
-    async def update_limits(self, key_id: str, limits: dict[str, int | None]) -> KeyRow:
-        if not limits:
-            raise InvalidRequest("give at least one of rpm, requests_per_day, tokens_per_day, concurrency")
+    async def update_key(
+        self,
+        key_id: str,
+        limits: dict[str, int | None],
+        routing: Routing | None = None,
+        account_id: str | None = None,
+    ) -> KeyRow:
+        """Per-key limit overrides and routing mode; ``account_id`` scopes a self-service change."""
+        if not limits and routing is None:
+            raise InvalidRequest(
+                "give at least one of rpm, requests_per_day, tokens_per_day, concurrency, routing_mode"
+            )
         for name, value in limits.items():
             if value is not None and value < -1:
                 raise InvalidRequest(f"{name} must be a positive number, or -1 for no limit", param=name)
-        row = await self._store.update_limits(key_id, limits)
+        values: dict[str, int | str | None] = dict(limits)
+        if routing is not None:
+            values.update(routing.columns())
+        row = await self._store.update_key(key_id, values, account_id)
         if row is None:
             raise NotFound(f"no key {key_id!r}", code="key_not_found")
         self._forget(key_id)

@@ -6,7 +6,7 @@ import grpc
 
 from faregate.pb.auth.v1 import auth_pb2 as pb
 from faregate.pb.auth.v1 import auth_pb2_grpc
-from services.auth.admission import Admission, Authenticator
+from services.auth.admission import Admission, Authenticator, Routing
 from services.auth.limits import GUEST_MAX_TOKENS
 from services.auth.storage import LIMIT_COLUMNS, AccountRow, KeyRow, now_ms
 
@@ -31,6 +31,7 @@ def key_message(row: KeyRow) -> pb.ApiKey:
             tokens_per_day=row.tokens_per_day_limit,
             concurrency=row.concurrency_limit,
         ),
+        routing=pb.Routing(mode=row.routing_mode or "auto", provider=row.preferred_provider or ""),
     )
 
 
@@ -45,6 +46,7 @@ def admission_message(a: Admission, lease: float) -> pb.AuthenticateResponse:
         guest=a.guest,
         max_tokens_cap=GUEST_MAX_TOKENS if a.guest else 0,
         slot_lease_seconds=int(lease),
+        routing=pb.Routing(mode=a.routing_mode, provider=a.preferred_provider),
     )
     if a.window is not None:
         w = a.window
@@ -60,6 +62,10 @@ def account_message(row: AccountRow, key_rows: list[KeyRow] | None = None) -> pb
         created_at=row.created_at_ms // 1000,
         keys=[key_message(k) for k in key_rows or []],
     )
+
+
+def _routing(message: pb.Routing) -> Routing:
+    return Routing(message.mode or "auto", message.provider)
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
@@ -99,7 +105,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         limits = {
             col: (getattr(given, f) or None) for col, f in zip(LIMIT_COLUMNS, fields, strict=True) if given.HasField(f)
         }
-        return key_message(await self._auth.update_limits(request.key_id, limits))
+        routing = _routing(request.routing) if request.HasField("routing") else None
+        row = await self._auth.update_key(request.key_id, limits, routing, request.account_id or None)
+        return key_message(row)
 
     async def CreateAccount(self, request: pb.CreateAccountRequest, context: grpc.aio.ServicerContext) -> pb.Account:
         return account_message(await self._auth.create_account(request.name, request.plan))
@@ -111,8 +119,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.aio.ServicerContext) -> pb.CreatedKey:
         mode = _MODE_NAMES.get(request.mode, "")
+        routing = _routing(request.routing) if request.HasField("routing") else None
         row, secret = await self._auth.create_key(
-            request.account_id, request.name, mode, request.expires_at * 1000 or None
+            request.account_id, request.name, mode, request.expires_at * 1000 or None, routing
         )
         return pb.CreatedKey(key=key_message(row), secret=secret)
 

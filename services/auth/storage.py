@@ -52,6 +52,8 @@ api_keys = Table(
     Column("requests_per_day_limit", BigInteger),
     Column("tokens_per_day_limit", BigInteger),
     Column("concurrency_limit", BigInteger),
+    Column("routing_mode", String(12)),  # auto | preferred | failover; NULL = auto
+    Column("preferred_provider", String(100)),
 )
 
 LIMIT_COLUMNS = ("rpm_limit", "requests_per_day_limit", "tokens_per_day_limit", "concurrency_limit")
@@ -102,6 +104,8 @@ class KeyRow:
     requests_per_day_limit: int | None = None
     tokens_per_day_limit: int | None = None
     concurrency_limit: int | None = None
+    routing_mode: str | None = None
+    preferred_provider: str | None = None
 
     @property
     def masked(self) -> str:
@@ -137,9 +141,23 @@ class AuthStore:
         prefix: str,
         last4: str,
         expires_at_ms: int | None,
+        routing: dict[str, str | None] | None = None,
     ) -> KeyRow:
         at = now_ms()
-        row = KeyRow(new_id("key"), account_id, name, mode, key_hash, prefix, last4, "active", at, None, expires_at_ms)
+        row = KeyRow(
+            new_id("key"),
+            account_id,
+            name,
+            mode,
+            key_hash,
+            prefix,
+            last4,
+            "active",
+            at,
+            None,
+            expires_at_ms,
+            **(routing or {}),  # type: ignore[arg-type]
+        )
         values = {k: v for k, v in row.__dict__.items() if k != "plan"}
         async with self._sessions.begin() as s:
             await s.execute(insert(api_keys).values(**values))
@@ -193,9 +211,15 @@ class AuthStore:
         keys = [k for k in await self.list_keys(account_id) if k.id == key_id]
         return keys[0] if keys else None
 
-    async def update_limits(self, key_id: str, limits: dict[str, int | None]) -> KeyRow | None:
+    async def update_key(
+        self, key_id: str, values: dict[str, int | str | None], account_id: str | None = None
+    ) -> KeyRow | None:
+        """Change limit or routing columns; with ``account_id``, only a key of that account."""
+        where = [api_keys.c.id == key_id]
+        if account_id is not None:
+            where.append(api_keys.c.account_id == account_id)
         async with self._sessions.begin() as s:
-            result = await s.execute(update(api_keys).where(api_keys.c.id == key_id).values(**limits))
+            result = await s.execute(update(api_keys).where(*where).values(**values))
             if result.rowcount == 0:
                 return None
             r = (await s.execute(select(api_keys.c.account_id).where(api_keys.c.id == key_id))).first()
@@ -203,9 +227,9 @@ class AuthStore:
                 insert(key_events).values(
                     key_id=key_id,
                     account_id=r.account_id if r else "",
-                    event="limits_changed",
+                    event="settings_changed",
                     at_ms=now_ms(),
-                    detail=",".join(f"{k}={v}" for k, v in sorted(limits.items()))[:400],
+                    detail=",".join(f"{k}={v}" for k, v in sorted(values.items()))[:400],
                 )
             )
         return next(k for k in await self.list_keys(r.account_id if r else "") if k.id == key_id)

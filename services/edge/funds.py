@@ -20,12 +20,11 @@ from typing import Any
 import nats
 import orjson
 
+from faregate.events import CATALOG_CHANGED
 from faregate.money import token_cost, usd_to_micros
 from faregate.pb.router.v1 import router_pb2, router_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-CATALOG_CHANGED = "faregate.catalog.changed"  # published when prices or models change
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,21 @@ class Price:
     completion_micros: int
     context_length: int
     free: bool
+
+
+AUTO = "auto"  # the auto-router's model id: priced as the dearest model it could pick
+
+
+def _dearest(p: Price) -> tuple[int, int]:
+    return (p.completion_micros + p.prompt_micros, p.context_length)
+
+
+def _worst(price: Price, body_bytes: int, asked: object) -> int:
+    # Every token is at least one byte: the body's size bounds the prompt.
+    prompt = min(body_bytes, price.context_length)
+    room = max(price.context_length - prompt, 1)
+    completion = min(asked, room) if isinstance(asked, int) and asked > 0 else room
+    return max(1, token_cost(prompt, completion, price.prompt_micros, price.completion_micros))
 
 
 class Funds:
@@ -62,15 +76,19 @@ class Funds:
 
     async def refresh(self) -> None:
         reply = await self._router.ListModels(router_pb2.ListModelsRequest(), timeout=5)
-        self._prices = {
-            m.id: Price(
+        prices = {}
+        for m in reply.models:
+            price = Price(
                 usd_to_micros(m.pricing.prompt),
                 usd_to_micros(m.pricing.completion),
                 m.context_length,
                 m.test or (m.pricing.prompt == 0 and m.pricing.completion == 0),
             )
-            for m in reply.models
-        }
+            for name in (m.id, *m.aliases):
+                prices[name] = price
+            if not m.test and "embedding" not in m.categories:
+                prices[AUTO] = max(prices.get(AUTO, price), price, key=_dearest)
+        self._prices = prices
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -100,20 +118,21 @@ class Funds:
 
     def worst_case(self, raw: bytes) -> int:
         """The most the request could cost in micro-USD (0: free, unknown model or unparsable —
-        the router answers those without an upstream bill)."""
+        the router answers those without an upstream bill). With a ``models`` fallback list or
+        ``auto``, the dearest model it may end on."""
         try:
             body = orjson.loads(raw)
-            price = self._prices.get(str(body.get("model"))) if isinstance(body, dict) else None
         except orjson.JSONDecodeError:
             return 0
-        if price is None or price.free:
+        if not isinstance(body, dict):
             return 0
-        # Every token is at least one byte: the body's size bounds the prompt.
-        prompt = min(len(raw), price.context_length)
+        fallbacks = body.get("models")
+        names = [body.get("model"), *(fallbacks if isinstance(fallbacks, list) else [])]
+        known = [p for p in (self._prices.get(str(n)) for n in names) if p is not None and not p.free]
+        if not known:
+            return 0
         asked = body.get("max_completion_tokens") or body.get("max_tokens")
-        room = max(price.context_length - prompt, 1)
-        completion = min(asked, room) if isinstance(asked, int) and asked > 0 else room
-        return max(1, token_cost(prompt, completion, price.prompt_micros, price.completion_micros))
+        return max(_worst(price, len(raw), asked) for price in known)
 
     @staticmethod
     def _digest(key: str) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +24,24 @@ from faregate.money import usd_to_micros
 DEFAULT_CATALOG = Path(__file__).with_name("default_catalog.yaml")
 ECHO_MODEL = "faregate/echo"
 ECHO_PROVIDER = "faregate"
+
+
+# The sampling parameters each API kind passes on (a catalog entry may list its own).
+_COMMON = ("temperature", "top_p", "max_tokens", "stop", "tools", "tool_choice")
+SAMPLING_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "openai": (
+        *_COMMON,
+        "frequency_penalty",
+        "presence_penalty",
+        "seed",
+        "response_format",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+    ),
+    "anthropic": (*_COMMON, "top_k"),
+    "echo": ("max_tokens",),
+}
 
 
 class _Strict(BaseModel):
@@ -56,6 +74,7 @@ class ModelSpec(_Strict):
     pricing: PricingSpec
     features: list[str] = []
     input_modalities: list[str] = ["text"]
+    sampling_parameters: list[str] | None = None  # default: what the first route's API kind takes
     routes: list[RouteSpec] = Field(min_length=1)
     test: bool = False
     guest: bool = False
@@ -103,6 +122,7 @@ class Model:
     guest: bool
     created: int
     aliases: tuple[str, ...] = ()
+    sampling_parameters: tuple[str, ...] = ()
 
     @property
     def owned_by(self) -> str:
@@ -125,6 +145,18 @@ class Catalog:
         if found is None:
             raise NotFound(f"model {model_id!r} does not exist", code="model_not_found", param="model")
         return found
+
+    def set_price(self, model_id: str, prompt: float, completion: float) -> Model:
+        """Replace the model with one at the new prices (requests under way keep the old object)."""
+        updated = replace(
+            self.model(model_id),
+            prompt_price=prompt,
+            completion_price=completion,
+            prompt_price_micros=usd_to_micros(prompt),
+            completion_price_micros=usd_to_micros(completion),
+        )
+        self.models[updated.id] = updated
+        return updated
 
     def list(self, category: str = "") -> list[Model]:
         return [m for m in self.models.values() if not category or category in m.categories]
@@ -178,6 +210,11 @@ def load_catalog(path: Path | None = None, env: Mapping[str, str] | None = None)
             guest=m.guest,
             created=created,
             aliases=tuple(m.aliases),
+            sampling_parameters=tuple(
+                m.sampling_parameters
+                if m.sampling_parameters is not None
+                else SAMPLING_PARAMETERS[providers[m.routes[0].provider].kind]
+            ),
         )
     return Catalog(providers, models)
 

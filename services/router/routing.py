@@ -1,44 +1,79 @@
-"""Routing a chat completion: model → route chain → provider, and the usage it costs.
+"""Routing a request: model → attempts (model, route) → provider, and the usage it costs.
 
-``ChatRouter.chat`` yields CompletionChunk messages: ``start`` first, then ``data``. Before
-the first byte reaches the client, a failing route hands over to the next one in the chain;
-after it, an upstream failure ends the stream with an ``error`` chunk. Whatever happens
-after the upstream answered, one UsageRecord goes to the usage sink (never the text).
+``ChatRouter.plan`` turns a body and its caller into the ordered attempts: the model's route
+chain shaped by the key's routing mode (auto / preferred / failover), then the chains of an
+OpenRouter-style ``models: [...]`` fallback list; ``"model": "auto"`` asks the auto-router.
+``_first_answer`` walks the attempts: a provider whose breaker is open or which asked us to
+wait (Retry-After) is skipped; a connect error, timeout, 5xx, 429 or a stream with no first
+chunk within ``first_token_timeout`` moves on to the next. All of that happens before the
+first byte reaches the client; after it, an upstream failure ends the stream with an
+``error`` chunk. Whatever happens after the upstream answered, one UsageRecord goes to the
+usage sink (never the text), priced at the model's prices when the request started.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
 
-from faregate.errors import FaregateError, Forbidden, InvalidRequest, ServiceUnavailable, UpstreamError
+from faregate.errors import (
+    FaregateError,
+    Forbidden,
+    InvalidRequest,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from faregate.money import token_cost
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.tokens import estimate_messages
-from services.router.breakers import Breakers
+from services.router.autoroute import AUTO_MODEL, AutoRouter
+from services.router.breakers import Breakers, LocalBreakers
 from services.router.catalog import Catalog, Model, Route
-from services.router.providers.base import Provider, Usage
+from services.router.providers.base import Completion, Provider, Usage
 
 log = logging.getLogger(__name__)
 
 UsageSink = Callable[[UsageRecord], None]
+T = TypeVar("T")
+MODES = ("auto", "preferred", "failover")
+MAX_FALLBACKS = 8
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
+def _parse_common(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    fallbacks = body.get("models")
+    if fallbacks is not None and (
+        not isinstance(fallbacks, list)
+        or not all(isinstance(m, str) and m for m in fallbacks)
+        or len(fallbacks) > MAX_FALLBACKS
+    ):
+        raise InvalidRequest(f"'models' must be an array of at most {MAX_FALLBACKS} model ids", param="models")
+    if body.get("model") is None and fallbacks:
+        body["model"] = fallbacks[0]  # OpenRouter: models alone means "the first, then the rest"
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a string", param="model")
+    task = body.get("task")
+    if task is not None and not isinstance(task, str):
+        raise InvalidRequest("'task' must be a string", param="task")
+    return body
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    body = _parse_common(raw)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
@@ -51,6 +86,12 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+@dataclass(frozen=True)
+class Attempt:
+    model: Model  # as it was when the request started (its prices are the ones billed)
+    route: Route
+
+
 class ChatRouter:
     def __init__(
         self,
@@ -59,28 +100,23 @@ class ChatRouter:
         usage_sink: UsageSink,
         clock: Callable[[], float] = time.time,
         breakers: Breakers | None = None,
+        first_token_timeout: float = 20.0,
     ) -> None:
         self._catalog = catalog
         self._providers = providers
-        self.breakers = breakers or Breakers()
+        self.breakers = breakers or LocalBreakers()
+        self.auto = AutoRouter(catalog, self.breakers, self._usable)
         self._sink = usage_sink
         self._clock = clock
+        self._first_token_timeout = first_token_timeout
 
-    def routes_for(self, model: Model) -> list[Route]:
-        usable = [r for r in model.routes if self._catalog.providers[r.provider].configured]
-        if not usable:
-            keys = sorted({str(self._catalog.providers[r.provider].api_key_env) for r in model.routes})
-            raise ServiceUnavailable(
-                f"no provider is configured for model {model.id!r}: set {' or '.join(keys)}",
-                code="provider_not_configured",
-            )
-        return usable
+    # -- planning ---------------------------------------------------------------------------
 
-    async def chat(self, request: pb.CompletionRequest) -> AsyncIterator[pb.CompletionChunk]:
-        started = self._clock()
-        body = parse_body(request.body)
-        model = self._catalog.model(body["model"])
-        caller = request.caller
+    def _usable(self, route: Route) -> bool:
+        provider = self._catalog.providers[route.provider]
+        return provider.configured and route.provider in self._providers
+
+    def _check_caller(self, model: Model, caller: pb.Caller) -> None:
         if caller.guest and not model.guest:
             raise Forbidden(
                 f"the keyless guest sandbox can only call guest models; {model.id!r} needs an API key",
@@ -93,62 +129,154 @@ class ChatRouter:
                 code="test_key_live_model",
                 param="model",
             )
+
+    def chain(self, model: Model, caller: pb.Caller) -> list[Route]:
+        """The model's routes in the order the caller's routing mode asks for."""
+        mode = caller.routing_mode or "auto"
+        preferred = caller.preferred_provider
+        usable = [r for r in model.routes if self._usable(r)]
+        if mode == "failover":
+            pinned = [r for r in model.routes if r.provider == preferred]
+            if not pinned:
+                raise InvalidRequest(
+                    f"this key routes only to provider {preferred!r} (failover mode); it does not serve {model.id!r}",
+                    code="model_not_on_preferred_provider",
+                    param="model",
+                )
+            return [r for r in pinned if self._usable(r)]
+        if mode == "preferred" and preferred:
+            usable.sort(key=lambda r: r.provider != preferred)  # stable: the rest keep the chain's order
+        return usable
+
+    async def plan(self, body: dict[str, Any], caller: pb.Caller, *, endpoint: str = "chat") -> list[Attempt]:
+        """Every (model, route) to try, in order; the Faregate-only fields leave the body."""
+        task = body.pop("task", None) or ""
+        fallbacks = body.pop("models", None) or []
+        ids: list[str] = []
+        for model_id in [body["model"], *fallbacks]:
+            if model_id == AUTO_MODEL:
+                hint = task or ("embedding" if endpoint == "embeddings" else _task_from_body(body))
+                choices = await self.auto.choose(hint, caller=caller)
+                ids.extend(c.model.id for c in choices.ranked)
+            else:
+                ids.append(model_id)
+        models: list[Model] = []
+        for model_id in ids:
+            model = self._catalog.model(model_id)
+            if model not in models:
+                self._check_caller(model, caller)
+                models.append(model)
+        attempts = [Attempt(m, r) for m in models for r in self.chain(m, caller)]
+        if not attempts:
+            first = models[0]
+            keys = sorted({str(self._catalog.providers[r.provider].api_key_env) for r in first.routes})
+            raise ServiceUnavailable(
+                f"no provider is configured for model {first.id!r}: set {' or '.join(keys)}",
+                code="provider_not_configured",
+            )
+        return attempts
+
+    # -- failover ---------------------------------------------------------------------------
+
+    async def _first_answer(
+        self, attempts: list[Attempt], call: Callable[[Provider, Attempt], Awaitable[T]]
+    ) -> tuple[Attempt, T]:
+        """The first attempt that answers; skipped and failed ones are recorded on the breakers."""
+        tried: list[UpstreamError] = []
+        waits: list[float] = []
+        for attempt in attempts:
+            provider = attempt.route.provider
+            permit = await self.breakers.allow(provider)
+            if not permit.allowed:
+                waits.append(permit.wait)
+                continue
+            try:
+                result = await call(self._providers[provider], attempt)
+            except UpstreamError as exc:
+                log.warning("route %s/%s failed before the first byte: %s", provider, attempt.route.model, exc)
+                await self.breakers.failure(provider, exc.retry_after)
+                tried.append(exc)
+                continue
+            except FaregateError:
+                await self.breakers.success(provider, permit)  # it answered: the request was at fault
+                raise
+            except BaseException:
+                await self.breakers.release_probe(provider)
+                raise
+            await self.breakers.success(provider, permit)
+            return attempt, result
+        model_id = attempts[0].model.id
+        if len(tried) == 1 and not waits:
+            raise tried[0]  # one provider tried and failed: its error, 502
+        if not tried:
+            raise ServiceUnavailable(
+                f"every provider for {model_id!r} is unavailable (circuit open or asked us to wait); try again later",
+                code="circuit_open",
+                retry_after=max(1.0, min(waits)),
+            )
+        raise ServiceUnavailable(
+            f"every provider for {model_id!r} failed ({len(tried)} tried)",
+            retry_after=max(1.0, min(waits)) if waits else 1,
+        ) from tried[-1]
+
+    async def _open_stream(
+        self, provider: Provider, attempt: Attempt, body: dict[str, Any], include_usage: bool
+    ) -> tuple[AsyncGenerator[bytes, None], bytes, Usage]:
+        usage = Usage()  # per attempt: a failed attempt's partial counts are not ours
+        chunks = provider.chat_stream(attempt.route.model, body, usage, include_usage=include_usage)
+        try:
+            async with asyncio.timeout(self._first_token_timeout):
+                first = await anext(chunks)
+        except StopAsyncIteration:
+            raise UpstreamError(f"provider {provider.name} sent an empty stream") from None
+        except TimeoutError:
+            await chunks.aclose()
+            raise UpstreamTimeout(
+                f"provider {provider.name} sent no first token within {self._first_token_timeout:g} s"
+            ) from None
+        except BaseException:
+            await chunks.aclose()
+            raise
+        return chunks, first, usage
+
+    # -- chat completions -------------------------------------------------------------------
+
+    async def chat(self, request: pb.CompletionRequest) -> AsyncIterator[pb.CompletionChunk]:
+        started = self._clock()
+        body = parse_body(request.body)
+        caller = request.caller
+        attempts = await self.plan(body, caller)
         if caller.max_tokens_cap:
             body["max_tokens"] = min(int(body.get("max_tokens") or caller.max_tokens_cap), caller.max_tokens_cap)
         stream = bool(body.get("stream"))
         options = body.get("stream_options")
         include_usage = stream and isinstance(options, dict) and bool(options.get("include_usage"))
 
-        last_error: FaregateError | None = None
-        routes = self.routes_for(model)
-        for route in routes:
-            provider = self._providers[route.provider]
-            if not self.breakers.allow(route.provider):
-                continue
-            usage = Usage()
-            try:
-                if stream:
-                    chunks = provider.chat_stream(route.model, body, usage, include_usage=include_usage)
-                    first = await _first(chunks, provider.name)
-                else:
-                    completion = await provider.chat(route.model, body)
-            except UpstreamError as exc:
-                log.warning("route %s/%s failed before the first byte: %s", route.provider, route.model, exc)
-                self.breakers.failure(route.provider)
-                last_error = exc
-                continue
-            except BaseException:
-                self.breakers.release_probe(route.provider)
-                raise
-            self.breakers.success(route.provider)
-            break
-        else:
-            if last_error is not None and len(routes) == 1:
-                raise last_error
-            if last_error is None:
-                raise ServiceUnavailable(
-                    f"every provider for {model.id!r} is failing (circuit open); try again later",
-                    code="circuit_open",
-                    retry_after=min(self.breakers.retry_after(r.provider) for r in routes),
-                )
-            raise ServiceUnavailable(f"every provider for {model.id!r} failed", retry_after=1) from last_error
-
-        record = _record(request, model, route, stream, started)
         if not stream:
+
+            async def complete(provider: Provider, attempt: Attempt) -> Completion:
+                return await provider.chat(attempt.route.model, body)
+
+            attempt, completion = await self._first_answer(attempts, complete)
             # The upstream has answered (and charged): meter it even if the client is gone.
-            self._finish(record, completion.usage, body, started, None)
-            yield pb.CompletionChunk(start=_start(model, route, stream), data=completion.body)
+            self._finish(_record(request, attempt, False, started), completion.usage, body, started, None)
+            yield pb.CompletionChunk(start=_start(attempt, False), data=completion.body)
             return
 
+        async def open_stream(provider: Provider, attempt: Attempt) -> tuple[AsyncGenerator[bytes, None], bytes, Usage]:
+            return await self._open_stream(provider, attempt, body, include_usage)
+
+        attempt, (chunks, first, usage) = await self._first_answer(attempts, open_stream)
         first_at = self._clock()
+        record = _record(request, attempt, True, started)
         status = UsageRecord.STATUS_CLIENT_CANCELLED
         try:
-            yield pb.CompletionChunk(start=_start(model, route, stream), data=first)
+            yield pb.CompletionChunk(start=_start(attempt, True), data=first)
             async for data in chunks:
                 yield pb.CompletionChunk(data=data)
             status = UsageRecord.STATUS_OK
         except UpstreamError as exc:
-            self.breakers.failure(route.provider)
+            await self.breakers.failure(attempt.route.provider, exc.retry_after)
             status = UsageRecord.STATUS_UPSTREAM_ERROR
             yield pb.CompletionChunk(
                 error=pb.StreamError(type=exc.error_type, message=exc.message, code=exc.code or "")
@@ -157,43 +285,27 @@ class ChatRouter:
             await chunks.aclose()
             self._finish(record, usage, body, started, first_at, status)
 
+    # -- embeddings -------------------------------------------------------------------------
+
     async def embeddings(self, request: pb.CompletionRequest) -> pb.CompletionChunk:
         """Embeddings through the same catalog, caller checks, failover and metering; billed
         on input tokens only."""
         started = self._clock()
-        try:
-            body = orjson.loads(request.body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            raise InvalidRequest("'model' is required and must be a string", param="model")
+        body = _parse_common(request.body)
         items = body.get("input")
         if not (isinstance(items, str) and items) and not (isinstance(items, list) and items):
             raise InvalidRequest("'input' must be a non-empty string or array", param="input")
-        model = self._catalog.model(body["model"])
-        caller = request.caller
-        if (caller.guest and not model.guest) or (caller.test_mode and not model.test):
-            raise Forbidden(f"this key cannot use {model.id!r}", code="model_not_allowed", param="model")
-        last_error: FaregateError | None = None
-        for route in self.routes_for(model):
-            if not self.breakers.allow(route.provider):
-                continue
-            try:
-                answer = await self._providers[route.provider].embeddings(route.model, body)
-            except UpstreamError as exc:
-                self.breakers.failure(route.provider)
-                last_error = exc
-                continue
-            except BaseException:
-                self.breakers.release_probe(route.provider)
-                raise
-            self.breakers.success(route.provider)
-            record = _record(request, model, route, False, started)
-            record.endpoint = "embeddings"
-            answer.usage.completion_tokens = 0
-            self._finish(record, answer.usage, body, started, None)
-            return pb.CompletionChunk(start=_start(model, route, False), data=answer.body)
-        raise last_error or ServiceUnavailable(f"every provider for {model.id!r} is failing", retry_after=1)
+        attempts = await self.plan(body, request.caller, endpoint="embeddings")
+
+        async def embed(provider: Provider, attempt: Attempt) -> Completion:
+            return await provider.embeddings(attempt.route.model, body)
+
+        attempt, answer = await self._first_answer(attempts, embed)
+        record = _record(request, attempt, False, started)
+        record.endpoint = "embeddings"
+        answer.usage.completion_tokens = 0
+        self._finish(record, answer.usage, body, started, None)
+        return pb.CompletionChunk(start=_start(attempt, False), data=answer.body)
 
     def _finish(
         self,
@@ -223,26 +335,28 @@ class ChatRouter:
         self._sink(record)
 
 
-async def _first(chunks: AsyncGenerator[bytes, None], provider: str) -> bytes:
-    try:
-        return await anext(chunks)
-    except StopAsyncIteration:
-        raise UpstreamError(f"provider {provider} sent an empty stream") from None
+def _task_from_body(body: dict[str, Any]) -> str:
+    """A task hint when none was given: pictures in the messages ask for vision."""
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+            return "vision"
+    return ""
 
 
-def _start(model: Model, route: Route, stream: bool) -> pb.Start:
-    return pb.Start(model=model.id, provider=route.provider, stream=stream)
+def _start(attempt: Attempt, stream: bool) -> pb.Start:
+    return pb.Start(model=attempt.model.id, provider=attempt.route.provider, stream=stream)
 
 
-def _record(request: pb.CompletionRequest, model: Model, route: Route, stream: bool, started: float) -> UsageRecord:
-    c = request.caller
+def _record(request: pb.CompletionRequest, attempt: Attempt, stream: bool, started: float) -> UsageRecord:
+    c, model = request.caller, attempt.model
     return UsageRecord(
         request_id=request.request_id,
         account_id=c.account_id,
         key_id=c.key_id,
         model=model.id,
-        provider=route.provider,
-        provider_model=route.model,
+        provider=attempt.route.provider,
+        provider_model=attempt.route.model,
         endpoint="chat.completions",
         prompt_price_micros=model.prompt_price_micros,
         completion_price_micros=model.completion_price_micros,

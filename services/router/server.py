@@ -9,8 +9,9 @@ from faregate.grpc import start_server
 from faregate.lifecycle import wait_for_shutdown
 from faregate.pb.router.v1 import router_pb2, router_pb2_grpc
 from faregate.settings import RouterSettings
-from services.router.breakers import Breakers
+from services.router.breakers import Breakers, LocalBreakers, RedisBreakers
 from services.router.catalog import Catalog, load_catalog
+from services.router.pricing import PriceBook
 from services.router.providers.base import Provider
 from services.router.providers.echo import EchoProvider
 from services.router.providers.openai import OpenAIProvider, make_session
@@ -33,6 +34,15 @@ def build_providers(catalog: Catalog, settings: RouterSettings) -> tuple[dict[st
     return providers, session
 
 
+def make_breakers(settings: RouterSettings) -> Breakers:
+    numbers = (settings.breaker_threshold, settings.breaker_open_seconds, settings.breaker_probe_seconds)
+    if settings.redis_url:
+        import redis.asyncio as aioredis
+
+        return RedisBreakers(aioredis.Redis.from_url(settings.redis_url), settings.redis_prefix, *numbers)
+    return LocalBreakers(*numbers)
+
+
 async def serve(settings: RouterSettings) -> None:
     if not settings.nats_url:
         raise SystemExit("FAREGATE_NATS_URL is required for the router (faregate up starts a private NATS)")
@@ -44,19 +54,30 @@ async def serve(settings: RouterSettings) -> None:
     await events.ensure_stream(js, stream)
     publisher = events.UsagePublisher(js, stream)
     publisher.start()
-    breakers = Breakers(settings.breaker_threshold, settings.breaker_open_seconds)
-    router = ChatRouter(catalog, providers, publisher.submit, breakers=breakers)
+    breakers = make_breakers(settings)
+    prices = PriceBook(catalog, js, nc, settings.catalog_bucket)
+    await prices.start()
+    router = ChatRouter(
+        catalog, providers, publisher.submit, breakers=breakers, first_token_timeout=settings.first_token_timeout
+    )
     addr = settings.bind_addr(settings.router_addr)
     server, _ = await start_server(
         addr,
-        lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router, catalog), s),
+        lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router, catalog, prices), s),
         [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name],
     )
-    log.info("router listening on %s with %d models", addr, len(catalog.models))
+    log.info(
+        "router listening on %s with %d models (breakers %s)",
+        addr,
+        len(catalog.models),
+        "shared in Redis" if settings.redis_url else "in process",
+    )
     try:
         await wait_for_shutdown()
     finally:
         await server.stop(grace=5)
+        await prices.close()
+        await breakers.close()
         await publisher.close()
         await session.close()  # type: ignore[attr-defined]
         await nc.drain()

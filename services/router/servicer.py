@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from faregate.errors import NotFound
+from faregate.errors import InvalidRequest, NotFound
 from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.pb.router.v1 import router_pb2_grpc
+from services.router.autoroute import CATEGORIES
 from services.router.catalog import Catalog, Model
+from services.router.pricing import PriceBook
 from services.router.routing import ChatRouter
 
 
@@ -27,13 +29,16 @@ def model_message(m: Model) -> pb.Model:
         test=m.test,
         created=m.created,
         providers=sorted({r.provider for r in m.routes}),
+        aliases=m.aliases,
+        sampling_parameters=m.sampling_parameters,
     )
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, router: ChatRouter, catalog: Catalog) -> None:
+    def __init__(self, router: ChatRouter, catalog: Catalog, prices: PriceBook) -> None:
         self._router = router
         self._catalog = catalog
+        self._prices = prices
 
     async def ChatCompletion(
         self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
@@ -47,34 +52,48 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ProviderHealth(
         self, request: pb.ProviderHealthRequest, context: grpc.aio.ServicerContext
     ) -> pb.ProviderHealthResponse:
-        return self._health()
+        return await self._health()
 
     async def ResetProviders(
         self, request: pb.ResetProvidersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ProviderHealthResponse:
         if request.provider and request.provider not in self._catalog.providers:
             raise NotFound(f"no provider {request.provider!r}", code="provider_not_found", param="provider")
-        self._router.breakers.reset(request.provider or None)
-        return self._health()
+        await self._router.breakers.reset([request.provider] if request.provider else self._catalog.providers)
+        return await self._health()
 
-    def _health(self) -> pb.ProviderHealthResponse:
+    async def AutoRoute(self, request: pb.AutoRouteRequest, context: grpc.aio.ServicerContext) -> pb.AutoRouteResponse:
+        return (await self._router.auto.choose(request.task)).message()
+
+    async def UpdatePricing(self, request: pb.UpdatePricingRequest, context: grpc.aio.ServicerContext) -> pb.Model:
+        p = request.pricing
+        return model_message(await self._prices.set(request.model, p.prompt, p.completion))
+
+    async def _health(self) -> pb.ProviderHealthResponse:
         names = sorted(self._catalog.providers)
-        states = self._router.breakers.snapshot(names)
-        return pb.ProviderHealthResponse(
-            providers=[
+        states = await self._router.breakers.snapshot(names)
+        providers = []
+        for name in names:
+            cfg, b = self._catalog.providers[name], states[name]
+            providers.append(
                 pb.ProviderState(
                     provider=name,
-                    status=states[name].state if self._catalog.providers[name].configured else "unconfigured",
-                    consecutive_failures=states[name].consecutive_failures,
-                    last_failure=states[name].last_failure or 0,
-                    configured=self._catalog.providers[name].configured,
+                    status=b.state if cfg.configured else "unconfigured",
+                    consecutive_failures=b.consecutive_failures,
+                    last_failure=b.last_failure,
+                    configured=cfg.configured,
+                    kind=cfg.kind,
+                    api_key_env=cfg.api_key_env or "",
+                    retry_after_until=b.cooling_until if b.cooling_until > time.time() else 0,
                 )
-                for name in names
-            ],
-            timestamp=time.time(),
-        )
+            )
+        return pb.ProviderHealthResponse(providers=providers, timestamp=time.time())
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
+        if request.category and request.category not in (*CATEGORIES, "test"):
+            raise InvalidRequest(
+                f"unknown category {request.category!r}; one of: {', '.join(CATEGORIES)}", param="category"
+            )
         return pb.ListModelsResponse(models=[model_message(m) for m in self._catalog.list(request.category)])

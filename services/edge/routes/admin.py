@@ -13,6 +13,7 @@ from faregate.errors import AuthenticationFailed, InvalidRequest
 from faregate.money import micros_to_usd, usd_to_micros
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
+from faregate.pb.router.v1 import router_pb2
 from services.edge.clients import unary
 from services.edge.context import bearer, edge
 from services.edge.routes.responses import json_response
@@ -54,7 +55,32 @@ class NewAccount(Body):
     plan: str = "basic"
 
 
-class NewKey(Body):
+class KeyRouting(Body):
+    """How the router picks a provider for the key: auto (the model's chain), preferred (this
+    provider first, then the chain) or failover (only this provider)."""
+
+    routing_mode: Literal["auto", "preferred", "failover"] | None = None
+    preferred_provider: str | None = Field(default=None, min_length=1, max_length=100)
+
+    async def routing(self, request: Request) -> auth_pb2.Routing | None:
+        """The routing to store, checked against the router's providers; None when not given."""
+        if self.routing_mode is None and self.preferred_provider is None:
+            return None
+        mode = self.routing_mode or ("preferred" if self.preferred_provider else "auto")
+        provider = self.preferred_provider or ""
+        if mode != "auto" and not provider:
+            raise InvalidRequest(f"routing_mode {mode!r} needs a preferred_provider", param="preferred_provider")
+        if provider:
+            health = await unary(edge(request).clients.router.ProviderHealth, router_pb2.ProviderHealthRequest())
+            known = sorted(p.provider for p in health.providers)
+            if provider not in known:
+                raise InvalidRequest(
+                    f"unknown provider {provider!r}; one of: {', '.join(known)}", param="preferred_provider"
+                )
+        return auth_pb2.Routing(mode=mode, provider=provider)
+
+
+class NewKey(KeyRouting):
     name: str = Field(default="", max_length=200)
     mode: Literal["live", "test"] = "live"
     expires_at: int | None = Field(default=None, gt=0, description="Unix seconds")
@@ -63,8 +89,9 @@ class NewKey(Body):
 LIMIT_FIELDS = ("rpm", "requests_per_day", "tokens_per_day", "concurrency")
 
 
-class KeyLimits(Body):
-    """Per-key overrides: a number, -1 for no limit, or 0 to follow the plan again."""
+class KeyLimits(KeyRouting):
+    """Per-key overrides: a number, -1 for no limit, or 0 to follow the plan again; and the
+    key's routing mode."""
 
     rpm: int | None = Field(default=None, ge=-1)
     requests_per_day: int | None = Field(default=None, ge=-1)
@@ -91,6 +118,8 @@ def key_json(k: auth_pb2.ApiKey) -> dict[str, Any]:
         "last_used": k.last_used_at or None,
         "expires_at": k.expires_at or None,
         "limits": {f: (None if v == -1 else v) for f, v in limits.items()},
+        "routing_mode": k.routing.mode or "auto",
+        "preferred_provider": k.routing.provider or None,
     }
 
 
@@ -136,6 +165,7 @@ async def create_key(request: Request, account_id: str) -> Response:
             name=body.name,
             mode=MODES[body.mode],
             expires_at=body.expires_at or 0,
+            routing=await body.routing(request),
         ),
     )
     return json_response({**key_json(created.key), "key": created.secret}, 201)
@@ -167,6 +197,6 @@ async def credit(request: Request, account_id: str) -> Response:
 @router.patch("/keys/{key_id}")
 async def update_key(request: Request, key_id: str) -> Response:
     body = await parse(request, KeyLimits)
-    limits = auth_pb2.Limits(**body.model_dump(exclude_none=True))
-    updated = await unary(edge(request).clients.auth.UpdateKey, auth_pb2.UpdateKeyRequest(key_id=key_id, limits=limits))
-    return json_response(key_json(updated))
+    limits = auth_pb2.Limits(**body.model_dump(exclude_none=True, include=set(LIMIT_FIELDS)))
+    update = auth_pb2.UpdateKeyRequest(key_id=key_id, limits=limits, routing=await body.routing(request))
+    return json_response(key_json(await unary(edge(request).clients.auth.UpdateKey, update)))

@@ -137,6 +137,8 @@ def _caller(admitted: auth_pb2.AuthenticateResponse) -> router_pb2.Caller:
         test_mode=admitted.mode == auth_pb2.KEY_MODE_TEST,
         max_tokens_cap=admitted.max_tokens_cap,
         guest=admitted.guest,
+        routing_mode=admitted.routing.mode,
+        preferred_provider=admitted.routing.provider,
     )
 
 

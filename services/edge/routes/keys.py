@@ -12,17 +12,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from faregate.errors import Forbidden
+from faregate.errors import Forbidden, InvalidRequest
 from faregate.pb.auth.v1 import auth_pb2
 from services.edge.clients import unary
 from services.edge.context import bearer, edge
-from services.edge.routes.admin import MODES, Body, key_json, parse
+from services.edge.routes.admin import MODES, KeyRouting, key_json, parse
 from services.edge.routes.responses import json_response
 
 router = APIRouter(prefix="/v1/keys")
 
 
-class NewOwnKey(Body):
+class NewOwnKey(KeyRouting):
     name: str = Field(default="", max_length=200)
     mode: Literal["live", "test"] | None = None
     expires_at: int | None = Field(default=None, gt=0, description="Unix seconds")
@@ -53,10 +53,26 @@ async def create_key(request: Request) -> Response:
     created = await unary(
         edge(request).clients.auth.CreateKey,
         auth_pb2.CreateKeyRequest(
-            account_id=me.account_id, name=body.name, mode=MODES[mode], expires_at=body.expires_at or 0
+            account_id=me.account_id,
+            name=body.name,
+            mode=MODES[mode],
+            expires_at=body.expires_at or 0,
+            routing=await body.routing(request),
         ),
     )
     return json_response({**key_json(created.key), "key": created.secret}, 201)
+
+
+@router.patch("/{key_id}")
+async def update_key(request: Request, key_id: str) -> Response:
+    """An account changes its own key's routing mode (limits are the operator's)."""
+    me = await caller(request)
+    body = await parse(request, KeyRouting)
+    routing = await body.routing(request)
+    if routing is None:
+        raise InvalidRequest("give routing_mode and/or preferred_provider", param="routing_mode")
+    update = auth_pb2.UpdateKeyRequest(key_id=key_id, account_id=me.account_id, routing=routing)
+    return json_response(key_json(await unary(edge(request).clients.auth.UpdateKey, update)))
 
 
 @router.delete("/{key_id}")

@@ -1,4 +1,5 @@
-"""Provider health (circuit breakers): GET /v1/providers/health, POST /admin/providers/reset."""
+"""Providers: which are configured (GET /v1/chat/status), their circuit breakers
+(GET /v1/providers/health) and a reset (POST /admin/providers/reset)."""
 
 from __future__ import annotations
 
@@ -31,10 +32,36 @@ def health_json(reply: router_pb2.ProviderHealthResponse) -> dict[str, Any]:
                 "consecutive_failures": p.consecutive_failures,
                 "last_failure": p.last_failure or None,
                 "configured": p.configured,
+                "retry_after_until": p.retry_after_until or None,
             }
             for p in reply.providers
         },
     }
+
+
+@router.get("/v1/chat/status")
+async def chat_status(request: Request) -> Response:
+    """Which providers can take requests (their key is set) and which need configuring."""
+    reply = await unary(edge(request).clients.router.ProviderHealth, router_pb2.ProviderHealthRequest())
+    providers = [
+        {
+            "id": p.provider,
+            "kind": p.kind,
+            "configured": p.configured,
+            "api_key_env": p.api_key_env or None,
+            "status": p.status,
+        }
+        for p in reply.providers
+    ]
+    return json_response(
+        {
+            "object": "chat.status",
+            "timestamp": reply.timestamp,
+            "configured": [p["id"] for p in providers if p["configured"]],
+            "unconfigured": [p["id"] for p in providers if not p["configured"]],
+            "providers": providers,
+        }
+    )
 
 
 @router.get("/v1/providers/health")

@@ -77,7 +77,7 @@ async def test_guest_requests_are_limited_per_address(auth: Authenticator) -> No
 async def test_concurrency_slots_and_daily_tokens(auth: Authenticator) -> None:
     account = await auth.create_account("acme", "basic")
     row, secret = await auth.create_key(account.id, "", "live", None)
-    await auth.update_limits(row.id, {"concurrency_limit": 2, "tokens_per_day_limit": 100, "rpm_limit": -1})
+    await auth.update_key(row.id, {"concurrency_limit": 2, "tokens_per_day_limit": 100, "rpm_limit": -1})
     a, b = await auth.admit(secret), await auth.admit(secret)
     assert a.window is None  # rpm override -1: no per-minute limit
     with pytest.raises(RateLimited, match="concurrency"):

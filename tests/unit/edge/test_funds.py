@@ -13,9 +13,10 @@ from typing import Any
 import nats
 import orjson
 
+from faregate.events import CATALOG_CHANGED
 from faregate.money import token_cost
 from faregate.pb.router.v1 import router_pb2
-from services.edge.funds import CATALOG_CHANGED, Funds
+from services.edge.funds import Funds
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France, in one word?"}]
 

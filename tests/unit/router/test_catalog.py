@@ -71,10 +71,13 @@ models:
     assert catalog.model("sonnet").id == "claude-sonnet"
     assert catalog.model("claude-3-5-sonnet-latest").routes[0].model == "claude-3-5-sonnet-20241022"
     assert "sonnet" not in catalog.models  # aliases are not listed as models of their own
-    path.write_text(path.read_text() + """
+    path.write_text(
+        path.read_text()
+        + """
   - id: sonnet
     pricing: {prompt: 1, completion: 1}
     routes: [{provider: a, model: x}]
-""")
+"""
+    )
     with pytest.raises(CatalogError, match="listed twice"):
         load_catalog(path, env={})

@@ -103,3 +103,88 @@ async def test_unknown_and_unconfigured_models(router: ChatRouter) -> None:
 def test_parse_body_rejects_bad_input(raw: bytes) -> None:
     with pytest.raises(InvalidRequest):
         parse_body(raw)
+
+
+MULTI = """
+providers:
+  p1: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+  p2: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+  p3: {kind: openai, base_url: "http://127.0.0.1:9/v1", api_key_env: FAREGATE_TEST_NO_SUCH_KEY}
+models:
+  - id: big
+    categories: [general, coding]
+    pricing: {prompt: 5, completion: 15}
+    routes: [{provider: p1, model: big-1}, {provider: p2, model: big-2}, {provider: p3, model: big-3}]
+  - id: small
+    aliases: [tiny]
+    categories: [general, cheap, fast]
+    pricing: {prompt: 0.1, completion: 0.2}
+    routes: [{provider: p2, model: small-2}]
+  - id: vec
+    categories: [embedding]
+    pricing: {prompt: 0.02, completion: 0}
+    routes: [{provider: p1, model: vec-1}]
+"""
+
+
+@pytest.fixture
+def multi(tmp_path) -> ChatRouter:
+    from services.router.breakers import LocalBreakers
+    from services.router.providers.base import Provider as ProviderBase
+
+    path = tmp_path / "c.yaml"
+    path.write_text(MULTI)
+    catalog = load_catalog(path, env={})
+    providers = {name: ProviderBase.__new__(EchoProvider) for name in ("p1", "p2", "p3", "faregate")}
+    return ChatRouter(catalog, providers, [].append, breakers=LocalBreakers(threshold=1, open_seconds=600))
+
+
+def _caller(mode: str = "", provider: str = "") -> pb.Caller:
+    return pb.Caller(account_id="a", key_id="k", billable=True, routing_mode=mode, preferred_provider=provider)
+
+
+async def _plan(router: ChatRouter, body: dict, caller: pb.Caller | None = None) -> list[tuple[str, str]]:
+    attempts = await router.plan({"messages": [{"role": "user", "content": "x"}], **body}, caller or _caller())
+    return [(a.model.id, a.route.provider) for a in attempts]
+
+
+async def test_routing_modes_shape_the_chain(multi: ChatRouter) -> None:
+    # auto: the chain's order, unconfigured providers left out
+    assert await _plan(multi, {"model": "big"}) == [("big", "p1"), ("big", "p2")]
+    # preferred: that provider first, then the rest of the chain
+    assert await _plan(multi, {"model": "big"}, _caller("preferred", "p2")) == [("big", "p2"), ("big", "p1")]
+    # failover: only the preferred provider
+    assert await _plan(multi, {"model": "big"}, _caller("failover", "p2")) == [("big", "p2")]
+    with pytest.raises(InvalidRequest, match="failover"):
+        await _plan(multi, {"model": "small"}, _caller("failover", "p1"))
+
+
+async def test_models_fallback_list_and_aliases(multi: ChatRouter) -> None:
+    body = {"model": "tiny", "models": ["big", "small"]}
+    assert await _plan(multi, body) == [("small", "p2"), ("big", "p1"), ("big", "p2")]
+    only_models = parse_body(b'{"models": ["big"], "messages": [{"role": "user", "content": "x"}]}')
+    assert [(a.model.id, a.route.provider) for a in await multi.plan(only_models, _caller())] == [
+        ("big", "p1"),
+        ("big", "p2"),
+    ]
+    with pytest.raises(NotFound):
+        await _plan(multi, {"model": "big", "models": ["nope"]})
+    with pytest.raises(InvalidRequest):
+        parse_body(b'{"model": "big", "messages": [{}], "models": "small"}')
+
+
+async def test_auto_router_skips_unhealthy_and_reads_the_task(multi: ChatRouter) -> None:
+    coding = await multi.auto.choose("please fix this python bug")
+    assert coding.category == "coding" and coding.ranked[0].model.id == "big"
+    assert (await multi.auto.choose("cheap")).ranked[0].model.id == "small"
+    assert (await multi.auto.choose("")).category == "general"
+    # p1 fails (threshold 1): big is still served by p2, so it stays, through p2
+    await multi.breakers.failure("p1")
+    assert (await multi.auto.choose("coding")).ranked[0].provider == "p2"
+    await multi.breakers.failure("p2")
+    with pytest.raises(ServiceUnavailable):
+        await multi.auto.choose("coding")  # nothing healthy, not even a general model
+    await multi.breakers.reset(["p1", "p2"])
+    # "model": "auto" routes the same way, the task hint leaving the body
+    body = {"model": "auto", "task": "cheap bulk job", "messages": [{"role": "user", "content": "x"}]}
+    assert (await multi.plan(body, _caller()))[0].model.id == "small" and "task" not in body
