@@ -9,6 +9,7 @@ own database, JetStream stream and subject, so stacks never see each other's dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import subprocess
@@ -67,12 +68,16 @@ def drop_postgres_database(admin_url: str, name: str) -> None:
     asyncio.run(_admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-async def delete_stream(nats_url: str, stream: str) -> None:
+async def delete_stream(nats_url: str, stream: str, bucket: str | None = None) -> None:
+    """Delete a test stack's usage stream (and its catalog bucket) from a shared NATS."""
     nc = await nats.connect(nats_url)
     try:
-        await nc.jetstream().delete_stream(stream)
-    except Exception:
-        pass
+        js = nc.jetstream()
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
+        if bucket:
+            with contextlib.suppress(Exception):
+                await js.delete_key_value(bucket)
     finally:
         await nc.close()
 
@@ -171,7 +176,7 @@ class Stack:
     def stop(self) -> None:
         self.http.close()
         self.launcher.stop_all()
-        asyncio.run(delete_stream(self.infra.nats_url, self.usage_stream))
+        asyncio.run(delete_stream(self.infra.nats_url, self.usage_stream, self.env["FAREGATE_CATALOG_BUCKET"]))
 
     def logs(self) -> str:
         out = []

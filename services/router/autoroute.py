@@ -149,11 +149,10 @@ class AutoRouter:
 
         found = ranked(category)
         fallback = not found and category not in ("general", "embedding")
-        if fallback:
-            found = ranked("general")
         if caller is not None and (caller.test_mode or caller.guest) and not found:
             found = ranked("test")
-        if not found:
+        extra = [] if category == "embedding" else [mp for mp in ranked("general") if mp not in found]
+        if not found and not extra:
             raise ServiceUnavailable(
                 f"no model for {category!r} tasks has a configured, healthy provider",
                 code="no_model_available",
@@ -161,14 +160,18 @@ class AutoRouter:
             )
         choices = []
         for i, (model, provider) in enumerate(found[: 1 + _MAX_ALTERNATIVES]):
-            if fallback:
-                reason = f"no {category} model is available; general model #{i + 1} with {provider} healthy"
-            elif category == "cheap":
+            if category == "cheap":
                 reason = (
                     f"#{i + 1} cheapest available ({model.prompt_price:g} / {model.completion_price:g} USD per 1M "
                     f"tokens in/out) with {provider} healthy"
                 )
             else:
                 reason = f"#{i + 1} in the catalog's order for {category} tasks with {provider} configured and healthy"
+            choices.append(Choice(model, provider, reason))
+        for model, provider in extra[: 1 + _MAX_ALTERNATIVES - len(choices)]:
+            if fallback and not choices:
+                reason = f"no {category} model is available; the first general model with {provider} healthy"
+            else:
+                reason = f"a general model as a further alternative, with {provider} healthy"
             choices.append(Choice(model, provider, reason))
         return Choices(task, category, choices)
