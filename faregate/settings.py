@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +70,9 @@ class AuthSettings(DatabaseSettings):
 class BillingSettings(DatabaseSettings):
     min_balance_usd: float = 0.0  # below this (balance minus holds) live requests get 402
     hold_ttl_seconds: float = Field(default=900.0, gt=0)
+    # where holds live: memory (one billing replica; no write per request), database (any
+    # number of replicas), auto = memory on SQLite, database otherwise (ADR 7)
+    holds: Literal["auto", "memory", "database"] = "auto"
     consumer_batch: int = 256
     consumer_max_wait: float = 0.05  # seconds a fetch may wait to fill a batch
     consumer_ack_wait: float = Field(default=30.0, gt=0)  # unacked records (a crashed billing) come back after this

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,16 @@ class WalletView:
 
 
 class Ledger:
-    def __init__(self, sessions: async_sessionmaker[Any]) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[Any],
+        on_applied: Callable[[list[UsageRecord]], None] | None = None,
+        on_credit: Callable[[str], None] | None = None,
+    ) -> None:
         self._sessions = sessions
+        # told after each commit: a usage batch (to drop its holds), a credit (its account)
+        self._on_applied = on_applied
+        self._on_credit = on_credit
 
     async def apply_usage(self, records: list[UsageRecord]) -> Applied:
         """Apply a batch of usage records in one transaction; already-applied ones are no-ops."""
@@ -84,6 +93,8 @@ class Ledger:
                     await s.execute(add_to_wallet(dialect, account_id, -amount, at))
             # the requests are accounted for: their holds go in the same transaction
             await s.execute(delete(holds).where(holds.c.request_id.in_(list(unique))))
+        if self._on_applied is not None:
+            self._on_applied(records)
         return Applied(len(new), len(records) - len(new))
 
     async def credit(
@@ -117,6 +128,8 @@ class Ledger:
                     )
                 )
                 await s.execute(add_to_wallet(s.bind.dialect.name, account_id, amount_micros, at))
+        if self._on_credit is not None:
+            self._on_credit(account_id)
         return await self.wallet(account_id), exists is None
 
     async def wallet(self, account_id: str) -> WalletView:

@@ -20,7 +20,7 @@ from services.billing.servicer import BillingServicer
 from services.billing.stripe_payments import StripePayments
 from services.billing.topups import TopUps
 from services.billing.views import Views
-from services.billing.wallets import Wallets
+from services.billing.wallets import MemoryWallets, Wallets
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,11 @@ async def serve(settings: BillingSettings) -> None:
     await db.upgrade_async("billing", url)
     engine = db.make_engine(url)
     sessions = db.make_sessionmaker(engine)
-    ledger = Ledger(sessions)
-    wallets = Wallets(
+    in_memory = settings.holds == "memory" or (settings.holds == "auto" and engine.dialect.name == "sqlite")
+    wallets = (MemoryWallets if in_memory else Wallets)(
         sessions, min_balance_micros=usd_to_micros(settings.min_balance_usd), hold_ttl_s=settings.hold_ttl_seconds
     )
+    ledger = Ledger(sessions, on_applied=wallets.settled, on_credit=wallets.forget)
     expiring = asyncio.create_task(_expire_holds(wallets), name="hold-expiry")
     nc = await events.connect(settings.nats_url, name="faregate-billing")
     js = nc.jetstream()
@@ -60,7 +61,7 @@ async def serve(settings: BillingSettings) -> None:
         lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(servicer, s),
         [billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name],
     )
-    log.info("billing listening on %s", addr)
+    log.info("billing listening on %s (holds %s)", addr, "in memory" if in_memory else "in the database")
     try:
         await wait_for_shutdown()
     finally:

@@ -2,10 +2,20 @@
 
 Available funds are the wallet's balance (every entry, granted credit included) minus the
 holds of requests in flight. A request is refused with 402 when that is already below the
-minimum threshold; otherwise it places a hold of its worst-case cost. A hold is removed in
-the same transaction that applies its request's UsageRecord (the ledger), by the edge when
-the request ends without an answer, or when it expires. So an account can overdraw by at
-most one request's worst case: the one admitted while funds were still above the threshold.
+minimum threshold; otherwise it places a hold of its worst-case cost. A hold is removed when
+its request's UsageRecord is applied to the ledger, by the edge when the request ends without
+an answer, or when it expires. So an account can overdraw by at most one request's worst
+case: the one admitted while funds were still above the threshold.
+
+Two ways to keep holds (ADR 7):
+
+- ``Wallets`` keeps them as rows, removed in the ledger's transaction: exact across any
+  number of billing replicas (PostgreSQL), at a database write per request.
+- ``MemoryWallets`` keeps them in this process, with each account's balance cached (reloaded
+  after the ledger applies its usage, and at least every ``balance_ttl_s``): no database
+  write per request. It is exact only with one billing replica — the embedded default
+  (SQLite) — and holds do not survive a restart: requests in flight when billing restarts
+  are no longer held, so the overdraft bound grows by their worst cases for that moment.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +32,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate.errors import InsufficientBalance, InvalidRequest
 from faregate.money import micros_to_usd
+from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.billing.storage import holds, wallets
 
 
@@ -98,13 +110,7 @@ class Wallets:
             )
             admitted = result.rowcount == 1
         if not admitted:
-            funds = await self.funds(account_id)
-            raise InsufficientBalance(
-                f"insufficient balance: {micros_to_usd(funds.available_micros):.6f} USD available "
-                f"(balance {micros_to_usd(funds.balance_micros):.6f} minus "
-                f"{micros_to_usd(funds.held_micros):.6f} held by requests in flight); top up to continue",
-                code="insufficient_balance",
-            )
+            raise self.insufficient(await self.funds(account_id))
         if len(self._locks) > 10_000:
             self._locks.clear()
         return Funds(0, 0)
@@ -117,3 +123,117 @@ class Wallets:
         async with self._sessions.begin() as s:
             result = await s.execute(delete(holds).where(holds.c.expires_at_ms <= now_ms()))
         return int(result.rowcount or 0)
+
+    def settled(self, records: Iterable[UsageRecord]) -> None:
+        """The ledger applied these requests (their hold rows went in its transaction)."""
+
+    def forget(self, account_id: str) -> None:
+        """The account's balance changed outside the usage path (a credit, a top-up)."""
+
+    def insufficient(self, funds: Funds) -> InsufficientBalance:
+        return InsufficientBalance(
+            f"insufficient balance: {micros_to_usd(funds.available_micros):.6f} USD available "
+            f"(balance {micros_to_usd(funds.balance_micros):.6f} minus "
+            f"{micros_to_usd(funds.held_micros):.6f} held by requests in flight); top up to continue",
+            code="insufficient_balance",
+        )
+
+
+@dataclass
+class _Hold:
+    account_id: str
+    amount_micros: int
+    expires_at: float  # monotonic
+
+
+class MemoryWallets(Wallets):
+    """Holds in this process (one billing replica): a reservation is a dict update."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[Any],
+        *,
+        min_balance_micros: int = 0,
+        hold_ttl_s: float = 900.0,
+        balance_ttl_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(sessions, min_balance_micros=min_balance_micros, hold_ttl_s=hold_ttl_s)
+        self._hold_ttl_s = hold_ttl_s
+        self._balance_ttl_s = balance_ttl_s
+        self._clock = clock
+        self._holds: dict[str, _Hold] = {}
+        self._held: defaultdict[str, int] = defaultdict(int)  # account → sum of its holds
+        self._balances: dict[str, tuple[float, int]] = {}  # account → (loaded at, balance)
+        self._changes = 0  # bumped whenever balances may have moved: a read begun before is not cached
+
+    async def _balance(self, account_id: str) -> int:
+        cached = self._balances.get(account_id)
+        if cached is not None and self._clock() - cached[0] < self._balance_ttl_s:
+            return cached[1]
+        async with self._locks[account_id]:
+            cached = self._balances.get(account_id)
+            if cached is None or self._clock() - cached[0] >= self._balance_ttl_s:
+                loaded_at, changes = self._clock(), self._changes
+                async with self._sessions() as s:
+                    balance = await s.scalar(select(wallets.c.balance_micros).where(wallets.c.account_id == account_id))
+                cached = (loaded_at, int(balance or 0))
+                if changes == self._changes:  # no batch was applied meanwhile
+                    self._balances[account_id] = cached
+        return cached[1]
+
+    async def funds(self, account_id: str) -> Funds:
+        return Funds(await self._balance(account_id), self._held.get(account_id, 0))
+
+    async def reserve(self, account_id: str, request_id: str, amount_micros: int) -> Funds:
+        if amount_micros < 0:
+            raise InvalidRequest("a hold cannot be negative")
+        while True:  # a batch applied while the balance was read: read it again
+            changes = self._changes
+            balance = await self._balance(account_id)
+            if changes == self._changes:
+                break
+        # From here to the hold there is no await: the check and the hold are one step.
+        funds = Funds(balance, self._held.get(account_id, 0))
+        if funds.available_micros <= max(self._min, 0):
+            raise self.insufficient(funds)
+        if request_id not in self._holds:
+            self._holds[request_id] = _Hold(account_id, amount_micros, self._clock() + self._hold_ttl_s)
+            self._held[account_id] += amount_micros
+        if len(self._locks) > 10_000:
+            self._locks.clear()
+        return Funds(0, 0)
+
+    def _drop(self, request_id: str) -> _Hold | None:
+        hold = self._holds.pop(request_id, None)
+        if hold is not None:
+            left = self._held[hold.account_id] - hold.amount_micros
+            if left:
+                self._held[hold.account_id] = left
+            else:
+                del self._held[hold.account_id]
+        return hold
+
+    async def release(self, request_id: str) -> None:
+        self._drop(request_id)
+
+    async def expire(self) -> int:
+        now = self._clock()
+        expired = [rid for rid, h in self._holds.items() if h.expires_at <= now]
+        for rid in expired:
+            self._drop(rid)
+        if len(self._balances) > 100_000:
+            self._balances.clear()
+        return len(expired)
+
+    def settled(self, records: Iterable[UsageRecord]) -> None:
+        # The debit is in the database now: the hold goes and the balance is read again, in
+        # the same step, so no moment counts the request twice or not at all.
+        self._changes += 1
+        for r in records:
+            self._drop(r.request_id)
+            self._balances.pop(r.account_id, None)
+
+    def forget(self, account_id: str) -> None:
+        self._changes += 1
+        self._balances.pop(account_id, None)
