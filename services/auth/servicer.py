@@ -75,6 +75,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Authenticate(
         self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthenticateResponse:
+        for slot in request.released:
+            await self._auth.release(slot.key_id, slot.slot_id)
         admission = await self._auth.admit(request.api_key, request.client_ip)
         return admission_message(admission, self._auth.slot_lease)
 
@@ -93,6 +95,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
         await self._auth.release(request.key_id, request.slot_id)
+        return pb.ReleaseResponse()
+
+    async def ReleaseMany(self, request: pb.ReleaseBatch, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
+        for slot in request.slots:
+            await self._auth.release(slot.key_id, slot.slot_id)
         return pb.ReleaseResponse()
 
     async def Renew(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:

@@ -16,6 +16,7 @@ from services.edge.clients import Clients
 from services.edge.context import EdgeContext, parse_networks
 from services.edge.funds import Funds
 from services.edge.routes import admin, billing, chat, health, keys, models, providers, webhooks
+from services.edge.slots import SlotReleases
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,14 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         clients = Clients.connect(settings)
         funds = Funds(clients.router)
         funds.start(settings.nats_url)
+        releases = SlotReleases(clients.auth)
         try:
             ctx = EdgeContext(
-                settings, clients, settings.admin_secret(), funds, parse_networks(settings.trusted_proxies)
+                settings, clients, settings.admin_secret(), funds, releases, parse_networks(settings.trusted_proxies)
             )
             yield {"edge": ctx}
         finally:
+            await releases.close()
             await funds.close()
             await clients.close()
 

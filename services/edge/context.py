@@ -14,6 +14,7 @@ from fastapi import Request
 from faregate.settings import EdgeSettings
 from services.edge.clients import Clients
 from services.edge.funds import Funds
+from services.edge.slots import SlotReleases
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -24,6 +25,7 @@ class EdgeContext:
     clients: Clients
     admin_token: str
     funds: Funds
+    releases: SlotReleases
     trusted_proxies: tuple[Network, ...] = ()
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -70,9 +70,8 @@ async def admit(
     """Auth's admission and, for a live key on a priced model, billing's hold: in the same
     round when the key's account is known from an earlier request, one after the other
     otherwise. Whatever one side granted is given back when the other refuses."""
-    authenticate = unary(
-        ctx.clients.auth.Authenticate,
-        auth_pb2.AuthenticateRequest(api_key=key, client_ip=client_ip, request_id=request_id),
+    authenticate = _authenticate(
+        ctx, auth_pb2.AuthenticateRequest(api_key=key, client_ip=client_ip, request_id=request_id)
     )
     account = ctx.funds.account_of(key) if amount else None
     if account is None:
@@ -98,6 +97,17 @@ async def admit(
         Slot(ctx, got).release()
         raise held
     return got, True
+
+
+async def _authenticate(ctx: EdgeContext, request: auth_pb2.AuthenticateRequest) -> auth_pb2.AuthenticateResponse:
+    """Authenticate, carrying the slot releases gathered since the last call."""
+    released = ctx.releases.take()
+    request.released.extend(released)
+    try:
+        return await unary(ctx.clients.auth.Authenticate, request)
+    except BaseException:
+        ctx.releases.give_back(released)
+        raise
 
 
 async def _reserve(ctx: EdgeContext, account_id: str, request_id: str, amount: int) -> None:
@@ -188,8 +198,9 @@ async def relay(call: grpc.aio.UnaryStreamCall, first: bytes, slot: Slot) -> Asy
 
 
 class Slot:
-    """The request's concurrency slot in auth: released once when the request ends (off the
-    client's path), and renewed while a stream runs so its lease does not lapse."""
+    """The request's concurrency slot in auth: released once when the request ends (gathered
+    and sent with the edge's next admission), and renewed while a stream runs so its lease
+    does not lapse."""
 
     def __init__(self, ctx: EdgeContext, admitted: auth_pb2.AuthenticateResponse) -> None:
         self._ctx = ctx
@@ -213,12 +224,7 @@ class Slot:
             self._renewer.cancel()
         if self._held:
             self._held = False
-            self._ctx.spawn(_release(self._ctx, self._request))
-
-
-async def _release(ctx: EdgeContext, request: auth_pb2.ReleaseRequest) -> None:
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        await ctx.clients.auth.Release(request, timeout=5)
+            self._ctx.releases.add(self._request)  # sent with the next admission (services/edge/slots.py)
 
 
 def _error_event(type_: str, message: str, code: str | None) -> bytes:
