@@ -81,3 +81,29 @@ models:
     )
     with pytest.raises(CatalogError, match="listed twice"):
         load_catalog(path, env={})
+
+
+def test_a_provider_with_base_url_env_is_configured_only_when_it_is_set(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("""
+providers:
+  ollama: {kind: openai, base_url_env: OLLAMA_BASE_URL}
+  vllm:   {kind: openai, base_url_env: VLLM_BASE_URL, api_key_env: VLLM_API_KEY}
+models:
+  - id: m
+    pricing: {prompt: 0, completion: 0}
+    routes: [{provider: ollama, model: m}, {provider: vllm, model: m}]
+""")
+    unset = load_catalog(path, env={})
+    assert not unset.providers["ollama"].configured
+    assert unset.providers["ollama"].missing_env == ("OLLAMA_BASE_URL",)
+    assert unset.providers["vllm"].missing_env == ("VLLM_BASE_URL", "VLLM_API_KEY")
+    ollama = load_catalog(path, env={"OLLAMA_BASE_URL": "http://127.0.0.1:11434/v1/"}).providers["ollama"]
+    assert ollama.configured and ollama.base_url == "http://127.0.0.1:11434/v1"
+    vllm_without_key = load_catalog(path, env={"VLLM_BASE_URL": "http://gpu:8000/v1"}).providers["vllm"]
+    assert not vllm_without_key.configured and vllm_without_key.missing_env == ("VLLM_API_KEY",)
+    vllm = load_catalog(path, env={"VLLM_BASE_URL": "http://gpu:8000/v1", "VLLM_API_KEY": "k"}).providers["vllm"]
+    assert vllm.configured and vllm.base_url == "http://gpu:8000/v1" and vllm.api_key == "k"
+    path.write_text(path.read_text().replace("base_url_env: OLLAMA_BASE_URL", "base_url: http://x, base_url_env: B"))
+    with pytest.raises(CatalogError, match="not both"):
+        load_catalog(path, env={})
