@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -19,5 +21,18 @@ async def wait_for_shutdown() -> None:
     await stop.wait()
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one: every running stream holds two or
+    three sockets, and the usual soft limit of 1,024 would cap a gateway at a few hundred."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
+
+
 def run(main: Coroutine[Any, Any, None]) -> None:
+    raise_open_files_limit()
     uvloop.run(main)

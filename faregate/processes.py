@@ -8,6 +8,7 @@ JetStream data under the home directory.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,9 +29,27 @@ SERVICES = ("auth", "billing", "router", "edge")
 
 
 def free_port() -> int:
+    """A port free now, picked below the kernel's ephemeral range.
+
+    Ports from ``bind(0)`` come from the ephemeral range that outgoing connections also draw
+    their source ports from, so on a busy machine one of them can take the port between now
+    and the moment our process binds it. A random port below that range avoids the race.
+    """
+    low = _ephemeral_low()
+    for _ in range(50):
+        port = random.randrange(max(1024, low - 12_000), low)
+        if port_free(f"127.0.0.1:{port}"):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def port_free(addr: str) -> bool:

@@ -82,7 +82,7 @@ class RouterSettings(Settings):
     config: Path | None = None
     upstream_connect_timeout: float = 10.0
     upstream_timeout: float = 600.0
-    upstream_pool_size: int = 512
+    upstream_pool_size: int = Field(default=10_000, ge=1)  # per router; every running stream holds one
     breaker_threshold: int = Field(default=3, ge=1)  # consecutive failures that open a provider's circuit
     breaker_open_seconds: float = Field(default=600.0, gt=0)  # skipped this long, then one probe
     breaker_probe_seconds: float = Field(default=60.0, gt=0)  # a probe that never reports back frees the slot

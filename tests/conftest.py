@@ -99,14 +99,5 @@ def stack(infra: Infra, fake_upstream: object, tmp_path_factory: pytest.TempPath
         "FAREGATE_SLOT_LEASE_SECONDS": "3",
         "FAREGATE_BREAKER_OPEN_SECONDS": "2",
     }
-    s = Stack(Path(home), infra, catalog=catalog, env=env)
-    try:
-        s.start()
-    except Exception:
-        print(s.logs())
-        s.stop()
-        raise
-    try:
+    with Stack(Path(home), infra, catalog=catalog, env=env).running() as s:
         yield s
-    finally:
-        s.stop()

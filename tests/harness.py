@@ -14,6 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,21 @@ class Stack:
         for name in SERVICE_ORDER:
             self.start_service(name)
         return self
+
+    @contextlib.contextmanager
+    def running(self, start: Callable[[Stack], object] | None = None) -> Iterator[Stack]:
+        """Start every service (or whatever ``start`` starts), yield, and stop them all;
+        when starting fails, the services' logs are printed first."""
+        try:
+            (start or Stack.start)(self)
+        except Exception:
+            print(self.logs())
+            self.stop()
+            raise
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def start_service(self, name: str, *, replica: str | None = None) -> processes.Proc:
         """Start a service; ``replica`` starts one more replica of it listening there."""

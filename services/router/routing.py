@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -330,7 +331,8 @@ class ChatRouter:
         )
         now = self._clock()
         record.latency_ms = int((now - started) * 1000)
-        record.ttft_ms = int((first_at - started) * 1000) if first_at else 0
+        # Whole milliseconds, rounded up: a stream that sent a first token took some time.
+        record.ttft_ms = math.ceil((first_at - started) * 1000) if first_at else 0
         record.status = status  # type: ignore[assignment]  # protobuf enums are ints
         self._sink(record)
 

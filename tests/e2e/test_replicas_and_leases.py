@@ -29,17 +29,15 @@ def replicated(infra: Infra, fake_upstream, tmp_path_factory: pytest.TempPathFac
         env={"FAKE_UPSTREAM_KEY": "sk-fake-upstream", "FAREGATE_SLOT_LEASE_SECONDS": str(LEASE_S)},
     )
     second = s.add_replica_address("auth")
-    try:
+
+    def start(s: Stack) -> None:
         s.start_service("auth")
         s.start_service("auth", replica=second)
         for name in ("billing", "router", "edge"):
             s.start_service(name)
-    except Exception:
-        print(s.logs())
-        s.stop()
-        raise
-    yield s
-    s.stop()
+
+    with s.running(start):
+        yield s
 
 
 def post(stack: Stack, key: str, **body) -> httpx.Response:

@@ -72,14 +72,8 @@ def rstack(infra: Infra, fake_upstream: Any, tmp_path_factory: pytest.TempPathFa
             "FAREGATE_BREAKER_OPEN_SECONDS": "600",
         },
     )
-    try:
-        s.start()
-    except Exception:
-        print(s.logs())
-        s.stop()
-        raise
-    yield s
-    s.stop()
+    with s.running():
+        yield s
 
 
 @pytest.fixture(autouse=True)
@@ -375,12 +369,14 @@ def test_router_replicas_share_breakers_through_redis(
         env={"FAKE_UPSTREAM_KEY": "sk-fake-upstream"},
     )
     second = s.add_replica_address("router")
-    try:
-        for name in ("auth", "billing"):
+
+    def start(s: Stack) -> None:
+        for name in ("auth", "billing", "router"):
             s.start_service(name)
-        s.start_service("router")
         s.start_service("router", replica=second)
         s.start_service("edge")
+
+    with s.running(start):
 
         def states() -> list[str]:
             out = []
@@ -401,6 +397,4 @@ def test_router_replicas_share_breakers_through_redis(
         assert chat(s, key, model="thinker").status_code == 503  # whichever replica takes it
         s.admin("POST", "/admin/providers/reset", {"provider": "gamma"})
         assert states() == ["closed", "closed"]
-    finally:
         fake_upstream.reset()
-        s.stop()
