@@ -50,10 +50,13 @@ def fake_upstream() -> Iterator[object]:
         fake.stop()
 
 
-def fake_catalog(fake_base_url: str, dead_port: int) -> str:
+def fake_catalog(fake_base_url: str, dead_port: int, anthropic_base_url: str | None = None) -> str:
+    """The test catalog; ``fake-claude`` goes to the fake's Anthropic API (by default beside its OpenAI one)."""
+    anthropic_base_url = anthropic_base_url or fake_base_url.removesuffix("/v1")
     return f"""
 providers:
   fake: {{kind: openai, base_url: "{fake_base_url}", api_key_env: FAKE_UPSTREAM_KEY}}
+  fake-anthropic: {{kind: anthropic, base_url: "{anthropic_base_url}", api_key_env: FAKE_UPSTREAM_KEY}}
   dead: {{kind: openai, base_url: "http://127.0.0.1:{dead_port}/v1"}}
   unset: {{kind: openai, base_url: "http://127.0.0.1:{dead_port}/v1", api_key_env: FAREGATE_TEST_UNSET_KEY}}
 models:
@@ -64,6 +67,14 @@ models:
     pricing: {{prompt: 1.0, completion: 2.0}}
     features: [tools, streaming]
     routes: [{{provider: fake, model: fake-upstream-model}}]
+  - id: fake-claude
+    name: Fake Claude (Anthropic Messages API)
+    aliases: [fake-claude-20250101]
+    categories: [coding]
+    context_length: 200000
+    pricing: {{prompt: 3.0, completion: 15.0}}
+    features: [tools, streaming]
+    routes: [{{provider: fake-anthropic, model: fake-claude-upstream}}]
   - id: fake-down
     name: Fake model whose only provider is down
     pricing: {{prompt: 1.0, completion: 2.0}}
@@ -78,7 +89,11 @@ models:
 @pytest.fixture(scope="session")
 def stack(infra: Infra, fake_upstream: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("stack")
-    catalog = fake_catalog(fake_upstream.base_url, processes.free_port())  # type: ignore[attr-defined]
+    catalog = fake_catalog(
+        fake_upstream.base_url,  # type: ignore[attr-defined]
+        processes.free_port(),
+        fake_upstream.anthropic_base_url,  # type: ignore[attr-defined]
+    )
     env = {
         "FAKE_UPSTREAM_KEY": "sk-fake-upstream",
         "FAREGATE_SLOT_LEASE_SECONDS": "3",

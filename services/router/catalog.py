@@ -4,6 +4,10 @@ The YAML format is in DESIGN.md (``providers:`` and ``models:``). A built-in def
 (``default_catalog.yaml`` beside this module) is used when no file is given, and the test
 model ``faregate/echo`` is always present. Prices are USD per 1M tokens in the file and
 integer micro-USD per 1M tokens inside.
+
+A provider is *configured* (its models route) when the variable named by its
+``api_key_env``, if any, is set, and, for a provider that takes its address from
+``base_url_env`` (local servers: Ollama, vLLM), when that variable is set too.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from faregate.errors import NotFound
 from faregate.money import usd_to_micros
@@ -51,8 +55,15 @@ class _Strict(BaseModel):
 class ProviderSpec(_Strict):
     kind: Literal["openai", "anthropic", "echo"]
     base_url: str = ""
+    base_url_env: str | None = None  # read the base URL from this variable; unset: not configured
     api_key_env: str | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_base_url(self) -> ProviderSpec:
+        if self.base_url and self.base_url_env:
+            raise ValueError("give base_url or base_url_env, not both")
+        return self
 
 
 class PricingSpec(_Strict):
@@ -92,11 +103,22 @@ class Provider:
     base_url: str
     api_key_env: str | None
     api_key: str | None
+    base_url_env: str | None = None
+
+    @property
+    def missing_env(self) -> tuple[str, ...]:
+        """The environment variables still to set before this provider can be used."""
+        missing = []
+        if self.base_url_env and not self.base_url:
+            missing.append(self.base_url_env)
+        if self.api_key_env and not self.api_key:
+            missing.append(self.api_key_env)
+        return tuple(missing)
 
     @property
     def configured(self) -> bool:
-        """Usable: no key needed (local servers, echo), or its key is set."""
-        return self.api_key_env is None or bool(self.api_key)
+        """Usable: its key is set (when it needs one) and so is its base URL variable (when it reads one)."""
+        return not self.missing_env
 
 
 @dataclass(frozen=True)
@@ -174,9 +196,10 @@ def load_catalog(path: Path | None = None, env: Mapping[str, str] | None = None)
         name: Provider(
             name,
             p.kind,
-            p.base_url.rstrip("/"),
+            (env.get(p.base_url_env, "") if p.base_url_env else p.base_url).rstrip("/"),
             p.api_key_env,
             env.get(p.api_key_env) if p.api_key_env else None,
+            p.base_url_env,
         )
         for name, p in spec.providers.items()
     }

@@ -12,9 +12,11 @@ from faregate.settings import RouterSettings
 from services.router.breakers import Breakers, LocalBreakers, RedisBreakers
 from services.router.catalog import Catalog, load_catalog
 from services.router.pricing import PriceBook
+from services.router.providers.anthropic import AnthropicProvider
 from services.router.providers.base import Provider
+from services.router.providers.client import make_session
 from services.router.providers.echo import EchoProvider
-from services.router.providers.openai import OpenAIProvider, make_session
+from services.router.providers.openai import OpenAIProvider
 from services.router.routing import ChatRouter
 from services.router.servicer import RouterServicer
 
@@ -27,6 +29,8 @@ def build_providers(catalog: Catalog, settings: RouterSettings) -> tuple[dict[st
     for name, cfg in catalog.providers.items():
         if cfg.kind == "openai":
             providers[name] = OpenAIProvider(cfg, session)
+        elif cfg.kind == "anthropic":
+            providers[name] = AnthropicProvider(cfg, session)
         elif cfg.kind == "echo":
             providers[name] = EchoProvider("faregate/echo")
         else:

@@ -1,22 +1,26 @@
 """Adapter for any OpenAI-compatible API (OpenAI, vLLM, Ollama, DeepSeek, Groq, …).
 
-The hot upstream call uses one pooled keep-alive ``aiohttp.ClientSession`` per router
-process: on this class of machine it costs a fraction of httpx's own pool per request (see
-docs/adr/0003-upstream-http-client.md). Bodies are relayed as bytes; only usage is parsed.
+The HTTP call and its error mapping are ``client.UpstreamClient``'s (one pooled aiohttp
+session per router process, docs/adr/0003-upstream-http-client.md). Bodies are relayed as
+bytes; only usage is parsed.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
 import orjson
 
-from faregate.errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from faregate.errors import UpstreamError
 from faregate.tokens import estimate_messages, estimate_text, message_text
 from services.router.catalog import Provider as ProviderConfig
 from services.router.providers.base import Completion, Provider, Usage
+from services.router.providers.client import UpstreamClient, make_session
+
+__all__ = ["OpenAIProvider", "make_session"]  # make_session: its old home, still imported from here
 
 _DONE = b"[DONE]"
 _NULL_USAGE = b'"usage":null'
@@ -27,54 +31,11 @@ class OpenAIProvider(Provider):
         self.name = config.name
         self._url = f"{config.base_url}/chat/completions"
         self._embeddings_url = f"{config.base_url}/embeddings"
-        self._session = session
-        self._headers = {"Content-Type": "application/json"}
-        if config.api_key:
-            self._headers["Authorization"] = f"Bearer {config.api_key}"
-
-    async def _post(self, payload: dict[str, Any], url: str | None = None) -> aiohttp.ClientResponse:
-        try:
-            resp = await self._session.post(url or self._url, data=orjson.dumps(payload), headers=self._headers)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"provider {self.name} timed out") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"provider {self.name} is unreachable") from exc
-        if resp.status >= 300:
-            await self._raise_for(resp)
-        return resp
-
-    async def _raise_for(self, resp: aiohttp.ClientResponse) -> None:
-        try:
-            detail = (await resp.json(content_type=None) or {}).get("error", {}).get("message", "")
-        except (ValueError, AttributeError, aiohttp.ClientError):
-            detail = ""
-        finally:
-            resp.release()
-        retry_after = _retry_after(resp.headers.get("Retry-After"))
-        if resp.status in (400, 404, 413, 422):
-            raise InvalidRequest(f"provider {self.name} rejected the request: {detail or resp.reason}")
-        raise UpstreamError(
-            f"provider {self.name} answered HTTP {resp.status}",
-            code=f"upstream_{resp.status}",
-            retry_after=retry_after,
-        )
-
-    async def _whole(self, payload: dict[str, Any], url: str | None = None) -> tuple[bytes, Any]:
-        """POST and read a whole JSON answer: (the bytes as sent, the parsed document)."""
-        resp = await self._post(payload, url)
-        try:
-            data = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"provider {self.name} dropped the answer") from exc
-        finally:
-            resp.release()
-        try:
-            return data, orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"provider {self.name} answered invalid JSON") from exc
+        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._http = UpstreamClient(config.name, session, headers)
 
     async def chat(self, model: str, body: dict[str, Any]) -> Completion:
-        data, doc = await self._whole({**body, "model": model})
+        data, doc = await self._http.post_json(self._url, {**body, "model": model})
         usage = Usage()
         reported = doc.get("usage") if isinstance(doc, dict) else None
         if isinstance(reported, dict):
@@ -89,7 +50,7 @@ class OpenAIProvider(Provider):
         return Completion(data, usage)
 
     async def embeddings(self, model: str, body: dict[str, Any]) -> Completion:
-        data, doc = await self._whole({**body, "model": model}, self._embeddings_url)
+        data, doc = await self._http.post_json(self._embeddings_url, {**body, "model": model})
         usage = Usage()
         reported = doc.get("usage") if isinstance(doc, dict) else None
         if isinstance(reported, dict) and reported.get("prompt_tokens") is not None:
@@ -104,11 +65,10 @@ class OpenAIProvider(Provider):
         self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
     ) -> AsyncGenerator[bytes, None]:
         payload = {**body, "model": model, "stream": True, "stream_options": {"include_usage": True}}
-        resp = await self._post(payload)
+        resp = await self._http.post(self._url, payload)
         done = False
-        try:
-            async for raw in resp.content:
-                line = raw.strip()
+        async with aclosing(self._http.lines(resp)) as lines:
+            async for line in lines:
                 if not line.startswith(b"data:"):
                     continue  # blank separators, comments, event names
                 data = line[5:].strip()
@@ -122,10 +82,6 @@ class OpenAIProvider(Provider):
                     data = kept
                 usage.chunks += 1
                 yield data
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"provider {self.name} dropped the stream") from exc
-        finally:
-            resp.release()
         if not done:
             raise UpstreamError(f"provider {self.name} ended the stream early")
         if not usage.reported:
@@ -158,19 +114,3 @@ def _take_usage(data: bytes, usage: Usage, include_usage: bool) -> bytes | None:
         return None
     doc.pop("usage")
     return orjson.dumps(doc)
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
-def make_session(pool_size: int, connect_timeout: float, total_timeout: float) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size, keepalive_timeout=60),
-        timeout=aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout),
-        auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
-    )

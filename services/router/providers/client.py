@@ -1,0 +1,111 @@
+"""The upstream HTTP client every HTTP adapter shares: one POST, one error mapping.
+
+One pooled keep-alive ``aiohttp.ClientSession`` per router process carries every upstream
+call (docs/adr/0003-upstream-http-client.md). :class:`UpstreamClient` binds it to one
+provider's name and headers, and is where aiohttp's exceptions and the upstream's HTTP
+statuses become Faregate errors::
+
+    400 404 413 422            InvalidRequest (the request is wrong; another route would say the same)
+    other statuses ≥ 300       UpstreamError, code ``upstream_<status>``, ``Retry-After`` kept
+    unreachable, cut off       UpstreamError
+    timed out                  UpstreamTimeout
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from faregate.errors import InvalidRequest, UpstreamError, UpstreamTimeout
+
+_INVALID = frozenset({400, 404, 413, 422})
+
+
+class UpstreamClient:
+    """POSTs JSON to one provider's endpoints with its headers; raises only Faregate errors."""
+
+    def __init__(self, name: str, session: aiohttp.ClientSession, headers: Mapping[str, str]) -> None:
+        self.name = name
+        self._session = session
+        self._headers = {"Content-Type": "application/json", **headers}
+
+    async def post(self, url: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+        """An answered POST (status < 300); the caller reads and releases the response."""
+        try:
+            resp = await self._session.post(url, data=orjson.dumps(payload), headers=self._headers)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"provider {self.name} timed out") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"provider {self.name} is unreachable") from exc
+        if resp.status >= 300:
+            await self._raise_for(resp)
+        return resp
+
+    async def post_json(self, url: str, payload: dict[str, Any]) -> tuple[bytes, Any]:
+        """POST and read a whole JSON answer: (the bytes as sent, the parsed document)."""
+        resp = await self.post(url, payload)
+        try:
+            data = await resp.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"provider {self.name} timed out sending the answer") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"provider {self.name} dropped the answer") from exc
+        finally:
+            resp.release()
+        try:
+            return data, orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"provider {self.name} answered invalid JSON") from exc
+
+    async def lines(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+        """The stripped lines of a streamed answer; releases the response when closed.
+
+        Use it under ``contextlib.aclosing`` so the connection goes back to the pool as soon
+        as the caller stops reading.
+        """
+        try:
+            async for raw in resp.content:
+                yield raw.strip()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"provider {self.name} stalled mid-stream") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"provider {self.name} dropped the stream") from exc
+        finally:
+            resp.release()
+
+    async def _raise_for(self, resp: aiohttp.ClientResponse) -> None:
+        try:
+            doc = await resp.json(content_type=None)
+            error = doc.get("error") if isinstance(doc, dict) else None
+            detail = str(error.get("message") or "") if isinstance(error, dict) else ""
+        except (ValueError, aiohttp.ClientError, TimeoutError):
+            detail = ""
+        finally:
+            resp.release()
+        if resp.status in _INVALID:
+            raise InvalidRequest(f"provider {self.name} rejected the request: {detail or resp.reason}")
+        raise UpstreamError(
+            f"provider {self.name} answered HTTP {resp.status}",
+            code=f"upstream_{resp.status}",
+            retry_after=retry_after(resp.headers.get("Retry-After")),
+        )
+
+
+def retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (HTTP dates are not used by LLM APIs and are ignored)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def make_session(pool_size: int, connect_timeout: float, total_timeout: float) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+    )
