@@ -170,7 +170,7 @@ class ChatRouter:
         attempts = [Attempt(m, r) for m in models for r in self.chain(m, caller)]
         if not attempts:
             first = models[0]
-            keys = sorted({str(self._catalog.providers[r.provider].api_key_env) for r in first.routes})
+            keys = sorted({v for r in first.routes for v in self._catalog.providers[r.provider].missing_env})
             raise ServiceUnavailable(
                 f"no provider is configured for model {first.id!r}: set {' or '.join(keys)}",
                 code="provider_not_configured",

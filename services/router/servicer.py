@@ -84,6 +84,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     configured=cfg.configured,
                     kind=cfg.kind,
                     api_key_env=cfg.api_key_env or "",
+                    missing_env=cfg.missing_env,
                     retry_after_until=b.cooling_until if b.cooling_until > time.time() else 0,
                 )
             )

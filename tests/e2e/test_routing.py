@@ -345,6 +345,7 @@ def test_chat_status_and_category_filter(rstack: Stack) -> None:
     assert status["unconfigured"] == ["unset"]
     unset = next(p for p in status["providers"] if p["id"] == "unset")
     assert unset["api_key_env"] == "FAREGATE_TEST_UNSET_KEY" and unset["status"] == "unconfigured"
+    assert unset["missing_env"] == ["FAREGATE_TEST_UNSET_KEY"]
     cheap = rstack.http.get("/v1/models", params={"category": "cheap"}).json()["data"]
     assert [m["id"] for m in cheap] == ["cheapo"]
     assert cheap[0]["aliases"] == ["cheapo-latest"] and "temperature" in cheap[0]["supported_sampling_parameters"]

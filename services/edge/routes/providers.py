@@ -49,6 +49,7 @@ async def chat_status(request: Request) -> Response:
             "kind": p.kind,
             "configured": p.configured,
             "api_key_env": p.api_key_env or None,
+            "missing_env": list(p.missing_env),
             "status": p.status,
         }
         for p in reply.providers
