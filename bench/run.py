@@ -1,20 +1,26 @@
-"""`make bench`: Faregate side by side with the bare upstream, on this machine.
+"""`make bench`: Faregate side by side with LiteLLM's proxy and the bare upstream, on this machine.
 
-Targets, in interleaved rounds (A B, B A, …) so drift hits both alike:
-  direct    the lean fake upstream itself (bench/upstream.py): the floor
-  faregate  the whole stack as `make run` starts it (edge, auth, router, billing and a
-            private nats-server), metering on, a live key on an unlimited plan
+Targets, in interleaved rounds (A B C D, B C D A, …) so drift hits all alike:
+  direct      the lean fake upstream itself (bench/upstream.py): the floor
+  faregate    the whole stack as `make run` starts it (edge, auth, router, billing and a
+              private nats-server), metering on, a live key on an unlimited plan
+  litellm-1   LiteLLM's proxy (bench/litellm.py: its own venv, master key, no database), 1 worker
+  litellm-2   the same with 2 workers
 
-Per target and concurrency: requests/s, p50/p90/p99 latency, added latency over direct, and
-CPU per request summed over every process of the target (utime + stime from /proc). Then
-streaming (20 chunks) time to first byte, total time and CPU per relayed chunk, and idle RSS.
-Afterwards the ledger must hold one usage record per Faregate request.
+Per target and concurrency: requests/s, p50/p90/p99 latency, added latency over direct,
+CPU per request summed over every process of the target (utime + stime from /proc) and peak
+RSS. Then streams of 20 chunks (time to first byte, total time, CPU per relayed chunk), how
+many slow streams (a chunk every 100 ms for 30 s) each target carries to the end and the RSS
+that costs, py-spy profiles of the Faregate processes, and idle RSS. Afterwards the ledger
+must hold one usage record per answered Faregate request.
 
-BENCH_QUICK=1 runs one short round. LiteLLM is not part of this run yet (see bench/README.md).
+BENCH_QUICK=1 runs one short round with small slow-stream counts; BENCH_NO_LITELLM=1 leaves
+LiteLLM out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,10 +39,12 @@ from faregate import processes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = bool(os.environ.get("BENCH_QUICK"))
+WITH_LITELLM = not os.environ.get("BENCH_NO_LITELLM")
 ROUNDS = 1 if QUICK else 3
 SECONDS = 3.0 if QUICK else 10.0
 CONCURRENCY = [1, 16] if QUICK else [1, 16, 64]
 STREAM_CHUNKS = 20
+SLOW = {"faregate": [300] if QUICK else [1000, 5000], "litellm": [300] if QUICK else [1000, 5000]}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -70,6 +79,40 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def tree(pid: int) -> list[int]:
+    """The process and all its descendants (LiteLLM's workers, Faregate's services)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children(p))
+    return out
+
+
+class PeakRss:
+    """Samples the RSS of a set of processes in the background; ``peak`` is the highest sum."""
+
+    def __init__(self, pids: Any, interval: float = 0.5) -> None:
+        self._pids, self._interval = pids, interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb(self._pids()))
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb(self._pids()))
+
+
 def post(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
     req = urllib.request.Request(
         url,
@@ -82,9 +125,13 @@ def post(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
         return result
 
 
-def load(url: str, key: str, concurrency: int, seconds: float, *, stream: bool = False) -> dict[str, Any]:
+def load(
+    url: str, key: str, concurrency: int, seconds: float, *, stream: bool = False, model: str = ""
+) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench.load", url, key, str(concurrency), str(seconds)]
-    out = subprocess.run(argv + (["--stream"] if stream else []), capture_output=True, text=True, check=True)
+    argv += ["--stream"] if stream else []
+    argv += ["--model", model] if model else []
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
@@ -94,6 +141,7 @@ class Bench:
         self.work = work
         self.upstream_port = processes.free_port()
         self.stream_port = processes.free_port()
+        self.slow_port = processes.free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start_upstream(self, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
@@ -108,6 +156,7 @@ class Bench:
 providers:
   bench: {{kind: openai, base_url: "http://127.0.0.1:{self.upstream_port}/v1"}}
   bench-stream: {{kind: openai, base_url: "http://127.0.0.1:{self.stream_port}/v1"}}
+  bench-slow: {{kind: openai, base_url: "http://127.0.0.1:{self.slow_port}/v1"}}
 models:
   - id: bench-model
     pricing: {{prompt: 0.15, completion: 0.60}}
@@ -115,6 +164,9 @@ models:
   - id: bench-stream
     pricing: {{prompt: 0.15, completion: 0.60}}
     routes: [{{provider: bench-stream, model: bench-upstream}}]
+  - id: bench-slow
+    pricing: {{prompt: 0.15, completion: 0.60}}
+    routes: [{{provider: bench-slow, model: bench-upstream}}]
 """)
         port = processes.free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FAREGATE_")}
@@ -146,14 +198,25 @@ models:
         key = post(f"{url}/admin/accounts/{account['id']}/keys", {"mode": "live"}, admin)["key"]
         return up, url, key
 
+    def start_litellm(self, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+        from bench import litellm
+
+        proc, url = litellm.start(self.work, self.upstream_port, self.stream_port, workers, self.slow_port)
+        self.procs.append(proc)
+        return proc, url
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
+                pids = tree(proc.pid)
                 proc.send_signal(signal.SIGINT)
                 try:
                     proc.wait(20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+                for pid in pids[1:]:  # workers a supervisor left behind
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
 
 def measure(targets: dict[str, dict[str, Any]], concurrency: int, stream: bool = False) -> dict[str, dict]:
@@ -164,8 +227,11 @@ def measure(targets: dict[str, dict[str, Any]], concurrency: int, stream: bool =
             t = targets[name]
             pids = t["pids"]()
             before = cpu_seconds(pids)
-            result = load(t["url"], t["key"], concurrency, SECONDS, stream=stream)
+            model = "bench-stream" if stream else "bench-model"
+            with PeakRss(t["pids"]) as rss:
+                result = load(t["url"], t["key"], concurrency, SECONDS, stream=stream, model=model)
             result["cpu_ms_per_request"] = (cpu_seconds(pids) - before) * 1000 / max(result["requests"], 1)
+            result["peak_rss_mb"] = rss.peak
             rows[name].append(result)
     summary = {}
     for name, runs in rows.items():
@@ -175,7 +241,7 @@ def measure(targets: dict[str, dict[str, Any]], concurrency: int, stream: bool =
                 "min": min(r[key] for r in runs),
                 "max": max(r[key] for r in runs),
             }
-            for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "ttfb_p50_ms", "cpu_ms_per_request")
+            for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "ttfb_p50_ms", "cpu_ms_per_request", "peak_rss_mb")
         }
         summary[name]["requests"] = sum(r["requests"] for r in runs)
         summary[name]["errors"] = sum(r["errors"] for r in runs)
@@ -185,40 +251,76 @@ def measure(targets: dict[str, dict[str, Any]], concurrency: int, stream: bool =
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="faregate-bench-"))
     bench = Bench(work)
+    results: dict[str, Any] = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "quick": QUICK,
+            "rounds": ROUNDS,
+            "seconds_per_cell": SECONDS,
+            "load_average_at_start": os.getloadavg()[0],
+        },
+        "idle_rss_mb": {},
+        "json": {},
+        "stream": {},
+        "slow": {},
+    }
     try:
         upstream = bench.start_upstream(bench.upstream_port, ["--chunks", str(STREAM_CHUNKS)])
-        bench.start_upstream(bench.stream_port, ["--chunks", str(STREAM_CHUNKS)])
+        streamer = bench.start_upstream(bench.stream_port, ["--chunks", str(STREAM_CHUNKS)])
+        bench.start_upstream(bench.slow_port, ["--chunks", "300", "--interval", "0.1"])
+        print("the upstream alone, 64 in flight (it must not be the bottleneck) …", flush=True)
+        alone = load(f"http://127.0.0.1:{bench.upstream_port}/v1/chat/completions", "x", 64, SECONDS)
+        results["upstream_alone"] = {"rps": alone["rps"], "p50_ms": alone["p50_ms"]}
+        print("starting Faregate …", flush=True)
         up, url, key = bench.start_faregate()
-        time.sleep(2)
-        fg_pids = lambda: children(up.pid)  # noqa: E731
-        idle_rss = rss_mb(fg_pids())
-        targets = {
+        targets: dict[str, dict[str, Any]] = {
             "direct": {
                 "url": f"http://127.0.0.1:{bench.upstream_port}/v1/chat/completions",
+                "stream_url": f"http://127.0.0.1:{bench.stream_port}/v1/chat/completions",
                 "key": "x",
-                "pids": lambda: [upstream.pid],
+                "pids": lambda: [upstream.pid, streamer.pid],
             },
-            "faregate": {"url": f"{url}/v1/chat/completions", "key": key, "pids": fg_pids},
+            "faregate": {
+                "url": f"{url}/v1/chat/completions",
+                "key": key,
+                "pids": lambda: tree(up.pid),
+                "root": up,
+            },
         }
-        results: dict[str, Any] = {
-            "machine": {"cores": os.cpu_count(), "quick": QUICK, "rounds": ROUNDS, "seconds_per_cell": SECONDS},
-            "idle_rss_mb": {"faregate": round(idle_rss, 1)},
-            "json": {},
-            "stream": {},
-        }
+        if WITH_LITELLM:
+            from bench.litellm import MASTER_KEY
+
+            for workers in (1, 2):
+                print(f"starting LiteLLM with {workers} worker(s) …", flush=True)
+                proc, lurl = bench.start_litellm(workers)
+                targets[f"litellm-{workers}"] = {
+                    "url": f"{lurl}/v1/chat/completions",
+                    "key": MASTER_KEY,
+                    "pids": (lambda p: lambda: tree(p.pid))(proc),
+                }
+        time.sleep(3)
+        for name, t in targets.items():
+            if name != "direct":
+                results["idle_rss_mb"][name] = round(rss_mb(t["pids"]()), 1)
         for c in CONCURRENCY:
             print(f"non-streaming, {c} in flight …", flush=True)
             results["json"][str(c)] = measure(targets, c)
-        results["peak_rss_mb"] = {"faregate": round(rss_mb(fg_pids()), 1)}
-        stream_targets = {
-            "direct": {**targets["direct"], "url": f"http://127.0.0.1:{bench.stream_port}/v1/chat/completions"},
-            "faregate": {**targets["faregate"], "url": f"{url}/v1/chat/completions"},
-        }
-        print("streaming, 16 in flight …", flush=True)
+        stream_targets = {name: {**t, "url": t.get("stream_url", t["url"])} for name, t in targets.items()}
+        print(f"streaming ({STREAM_CHUNKS} chunks), 16 in flight …", flush=True)
         results["stream"]["16"] = measure(stream_targets, 16, stream=True)
         served = sum(v["faregate"]["requests"] for v in results["json"].values())
         served += results["stream"]["16"]["faregate"]["requests"]
         results["ledger"] = check_ledger(work / "home" / "billing.db", served)
+        print("profiling Faregate at 16 in flight (py-spy) …", flush=True)
+        results["profile"] = profile_faregate(up, targets["faregate"], work)
+        for name, t in targets.items():
+            if name == "direct":
+                continue
+            levels = SLOW["faregate" if name == "faregate" else "litellm"]
+            results["slow"][name] = []
+            for n in levels:
+                print(f"{n} slow streams through {name} …", flush=True)
+                results["slow"][name].append(slow_streams(t, n))
     finally:
         bench.stop()
     RESULTS.mkdir(exist_ok=True)
@@ -229,41 +331,137 @@ def main() -> int:
     return 0 if results["ledger"]["ok"] else 1
 
 
+def slow_streams(target: dict[str, Any], n: int) -> dict[str, Any]:
+    """N concurrent slow streams through a target (bench/slow.py in its own process)."""
+    argv = [sys.executable, "-m", "bench.slow", target["url"], target["key"], str(n)]
+    argv += ["--ramp", "5" if n > 500 else "2", "--deadline", "120"]
+    with PeakRss(target["pids"]) as rss:
+        out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    result["peak_rss_mb"] = round(rss.peak, 1)
+    return result
+
+
+def profile_faregate(up: subprocess.Popen[bytes], target: dict[str, Any], work: Path) -> dict[str, Any]:
+    """py-spy flame graphs of each Faregate service during a run at 16 in flight, and the
+    top frames of each (saved under bench/results/profiles/)."""
+    from bench import profile
+
+    services = {}
+    for pid in tree(up.pid):
+        name = profile.service_name(pid)
+        if name:
+            services[name] = pid
+    out_dir = RESULTS / "profiles"
+    recording = profile.start(services, out_dir, seconds=max(SECONDS, 5))
+    result = load(target["url"], target["key"], 16, max(SECONDS, 5) + 1)
+    summary = profile.finish(recording)
+    summary["requests"] = result["requests"]
+    return summary
+
+
 def check_ledger(db: Path, served: int) -> dict[str, Any]:
     """One usage record per answered Faregate request (the bench key's requests only)."""
     deadline = time.monotonic() + 60
     count = -1
     while time.monotonic() < deadline:
         with sqlite3.connect(db) as conn:
-            count = conn.execute("SELECT count(*) FROM usage_records WHERE model LIKE 'bench-%'").fetchone()[0]
+            count = conn.execute(
+                "SELECT count(*) FROM usage_records WHERE model IN ('bench-model', 'bench-stream')"
+            ).fetchone()[0]
         if count >= served:
             break
         time.sleep(0.5)
     return {"requests_answered": served, "usage_records": count, "ok": count == served}
 
 
-def fmt(cell: dict[str, float], key: str, digits: int = 1) -> str:
+def fmt(cell: dict[str, Any], key: str, digits: int = 1) -> str:
     return f"{cell[key]['median']:.{digits}f} ({cell[key]['min']:.{digits}f}–{cell[key]['max']:.{digits}f})"
 
 
+def med(row: dict[str, Any], key: str) -> float:
+    value: float = row[key]["median"]
+    return value
+
+
+def targets_met(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """The issue's targets: (target, wanted, measured, met)."""
+    rows = []
+    busy = [c for c in r["json"] if c != "1"]
+    fg_cpu = max(med(r["json"][c]["faregate"], "cpu_ms_per_request") for c in busy)
+    rows.append(("CPU per metered request", "≤ 1.0 ms", f"{fg_cpu:.2f} ms", fg_cpu <= 1.0))
+    one = r["json"]["1"]
+    added = med(one["faregate"], "p50_ms") - med(one["direct"], "p50_ms")
+    rows.append(("added p50 at 1 in flight", "≤ 2 ms", f"{added:.2f} ms", added <= 2.0))
+    if "litellm-2" in one:
+        for c in busy:
+            ratio = med(r["json"][c]["faregate"], "rps") / med(r["json"][c]["litellm-2"], "rps")
+            lower = med(r["json"][c]["faregate"], "p99_ms") < med(r["json"][c]["litellm-2"], "p99_ms")
+            rows.append(
+                (
+                    f"req/s vs LiteLLM 2 workers at {c}",
+                    "≥ 5×, lower p99",
+                    f"{ratio:.1f}×, p99 {'lower' if lower else 'higher'}",
+                    ratio >= 5 and lower,
+                )
+            )
+    st = r["stream"]["16"]
+    per_chunk = med(st["faregate"], "cpu_ms_per_request") * 1000 / STREAM_CHUNKS
+    rows.append(("CPU per relayed chunk", "≤ 100 µs", f"{per_chunk:.0f} µs", per_chunk <= 100))
+    ttfb = med(st["faregate"], "ttfb_p50_ms") - med(st["direct"], "ttfb_p50_ms")
+    rows.append(("first-token overhead p50", "≤ 2 ms", f"{ttfb:.2f} ms", ttfb <= 2.0))
+    slow = r["slow"].get("faregate") or []
+    if slow:
+        best = max(slow, key=lambda s: s["streams"])
+        ok = best["held"] >= 5000 and best["peak_rss_mb"] < 1024
+        rows.append(
+            (
+                "slow streams held",
+                "≥ 5,000 with < 1 GiB RSS",
+                f"{best['held']:,} of {best['streams']:,}, {best['peak_rss_mb']:.0f} MB",
+                ok,
+            )
+        )
+    idle = r["idle_rss_mb"]["faregate"]
+    rows.append(("idle RSS, all services", "< 400 MB", f"{idle:.0f} MB", idle < 400))
+    return rows
+
+
 def table(r: dict[str, Any]) -> str:
+    m = r["machine"]
     lines = [
         "# Faregate benchmark",
         "",
-        f"{r['machine']['cores']} cores shared by the load generator, the upstream and the target; "
-        f"{r['machine']['rounds']} interleaved rounds × {r['machine']['seconds_per_cell']:.0f} s per cell; "
-        "medians (min–max).",
+        f"{m['cores']} cores shared by the load generator, the upstreams and every target (load average "
+        f"{m['load_average_at_start']:.1f} at the start); {m['rounds']} interleaved rounds × "
+        f"{m['seconds_per_cell']:.0f} s per cell; medians (min–max). The fake upstream alone served "
+        f"{r['upstream_alone']['rps']:.0f} req/s at 64 in flight.",
         "",
-        "| in flight | target | req/s | p50 ms | p90 ms | p99 ms | added p50 ms | CPU ms/request |",
-        "|---|---|---|---|---|---|---|---|",
+        "| in flight | target | req/s | p50 ms | p90 ms | p99 ms | added p50 ms | CPU ms/request | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c, cell in r["json"].items():
-        base = cell["direct"]["p50_ms"]["median"]
+        base = med(cell["direct"], "p50_ms")
         for name, row in cell.items():
-            added = row["p50_ms"]["median"] - base
+            added = med(row, "p50_ms") - base
             lines.append(
                 f"| {c} | {name} | {fmt(row, 'rps', 0)} | {fmt(row, 'p50_ms', 2)} | {fmt(row, 'p90_ms', 2)} "
-                f"| {fmt(row, 'p99_ms', 2)} | {added:+.2f} | {fmt(row, 'cpu_ms_per_request', 2)} |"
+                f"| {fmt(row, 'p99_ms', 2)} | {added:+.2f} | {fmt(row, 'cpu_ms_per_request', 2)} "
+                f"| {med(row, 'peak_rss_mb'):.0f} |"
+            )
+    if "litellm-2" in r["json"]["1"]:
+        lines += [
+            "",
+            "Faregate ÷ LiteLLM with 2 workers, same run (medians):",
+            "",
+            "| in flight | req/s ratio | p99 ratio | CPU per request ratio |",
+            "|---|---|---|---|",
+        ]
+        for c, cell in r["json"].items():
+            fg, ll = cell["faregate"], cell["litellm-2"]
+            lines.append(
+                f"| {c} | {med(fg, 'rps') / med(ll, 'rps'):.2f}× | {med(fg, 'p99_ms') / med(ll, 'p99_ms'):.2f}× "
+                f"| {med(fg, 'cpu_ms_per_request') / med(ll, 'cpu_ms_per_request'):.2f}× |"
             )
     lines += [
         "",
@@ -273,20 +471,55 @@ def table(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for name, row in r["stream"]["16"].items():
-        per_chunk = row["cpu_ms_per_request"]["median"] * 1000 / STREAM_CHUNKS
+        per_chunk = med(row, "cpu_ms_per_request") * 1000 / STREAM_CHUNKS
         lines.append(
             f"| {name} | {fmt(row, 'rps', 0)} | {fmt(row, 'ttfb_p50_ms', 2)} | {fmt(row, 'p50_ms', 2)} "
             f"| {per_chunk:.0f} |"
         )
+    if r["slow"]:
+        lines += [
+            "",
+            "Slow streams (a chunk every 100 ms for 30 s, all opened within seconds):",
+            "",
+            "| target | streams | held to the end | other outcomes | peak open | took s | peak RSS MB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, runs in r["slow"].items():
+            for s in runs:
+                other = ", ".join(f"{k} {v}" for k, v in s["outcomes"].items() if k != "held") or "—"
+                lines.append(
+                    f"| {name} | {s['streams']:,} | {s['held']:,} | {other} | {s['peak_open']:,} | {s['seconds']} "
+                    f"| {s['peak_rss_mb']:.0f} |"
+                )
     lines += [
         "",
-        f"Idle RSS, all Faregate processes: {r['idle_rss_mb']['faregate']:.0f} MB; after the JSON runs: "
-        f"{r['peak_rss_mb']['faregate']:.0f} MB.",
-        f"Ledger: {r['ledger']['usage_records']} usage records for {r['ledger']['requests_answered']} "
-        f"answered requests ({'one each' if r['ledger']['ok'] else 'MISMATCH'}).",
-        "",
+        "Idle RSS of all of a target's processes: "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in r["idle_rss_mb"].items())
+        + ".",
     ]
-    return "\n".join(lines)
+    lines += [
+        f"Ledger: {r['ledger']['usage_records']} usage records for {r['ledger']['requests_answered']} "
+        f"answered Faregate requests ({'one each' if r['ledger']['ok'] else 'MISMATCH'}).",
+        "",
+        "## Targets (issue 6)",
+        "",
+        "| target | wanted | measured | met |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {t} | {w} | {v} | {'yes' if ok else '**no**'} |" for t, w, v, ok in targets_met(r)]
+    prof = r.get("profile") or {}
+    if prof.get("top"):
+        lines += [
+            "",
+            "## Where Faregate's CPU goes (py-spy, 16 in flight; flame graphs in `bench/results/profiles/`)",
+            "",
+        ]
+        for name, top in sorted(prof["top"].items()):
+            lines.append(f"**{name}** — self: " + "; ".join(f"{f} {p}%" for f, p in top["self"][:4]))
+            lines.append("")
+            lines.append("inclusive: " + "; ".join(f"{f} {p}%" for f, p in top["inclusive"][:6]))
+            lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def chart(r: dict[str, Any]) -> None:
@@ -299,12 +532,16 @@ def chart(r: dict[str, Any]) -> None:
         print("matplotlib not installed: no chart (pip install '.[bench]')")
         return
     conc = list(r["json"])
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in ("direct", "faregate"):
-        a.plot(conc, [r["json"][c][name]["rps"]["median"] for c in conc], marker="o", label=name)
-        b.plot(conc, [r["json"][c][name]["cpu_ms_per_request"]["median"] for c in conc], marker="o", label=name)
+    names = list(r["json"][conc[0]])
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
+    for name in names:
+        a.plot(conc, [med(r["json"][x][name], "rps") for x in conc], marker="o", label=name)
+        b.plot(conc, [med(r["json"][x][name], "p99_ms") for x in conc], marker="o", label=name)
+        if name != "direct":
+            c.plot(conc, [med(r["json"][x][name], "cpu_ms_per_request") for x in conc], marker="o", label=name)
     a.set(title="requests/s", xlabel="in flight")
-    b.set(title="CPU ms per request (all processes)", xlabel="in flight")
+    b.set(title="p99 latency, ms", xlabel="in flight", yscale="log")
+    c.set(title="CPU ms per request (all processes)", xlabel="in flight")
     a.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "latest.png", dpi=100)
