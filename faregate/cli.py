@@ -133,11 +133,12 @@ def up() -> None:
             ("billing", settings.billing_addr),
             ("router", settings.router_addr),
         ):
-            processes.wait_grpc_serving(settings.bind_addr(addr), started[name])
+            host, port = split_host_port(settings.bind_addr(addr))
+            processes.wait_tcp(host, port, started[name], timeout=60)  # a gRPC service binds when ready
         edge_proc = launcher.service("edge")
         host, port = split_host_port(settings.http_addr)
         url = f"http://{host}:{port}"
-        processes.wait_http_ok(f"{url}/health", edge_proc)
+        processes.wait_http_ok(f"{url}/health", edge_proc)  # 200 once every service's gRPC health says serving
         demo_key = _demo_key(home, url, admin_token)
         _banner(url, admin_token, demo_key, home)
         while not stopping:

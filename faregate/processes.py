@@ -20,11 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from faregate.grpc import channel_target
-
 SERVICES = ("auth", "billing", "router", "edge")
 
 
@@ -181,6 +176,11 @@ def wait_tcp(host: str, port: int, proc: Proc | None = None, timeout: float = 30
 
 
 def wait_grpc_serving(addr: str, proc: Proc | None = None, timeout: float = 60.0) -> None:
+    import grpc  # here, not at the top: `faregate up` only waits for ports (and stays small)
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from faregate.grpc import channel_target
+
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(channel_target(addr)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)

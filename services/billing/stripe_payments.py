@@ -12,14 +12,24 @@ unreachable → UpstreamError (502).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import stripe
 
 from faregate.errors import InvalidRequest, ServiceUnavailable, UpstreamError
 from faregate.settings import BillingSettings
+
+if TYPE_CHECKING:
+    import stripe
+
+
+def _sdk() -> ModuleType:
+    """The stripe SDK, imported on first use: ~25 MB a billing without Stripe need not carry."""
+    return importlib.import_module("stripe")
+
 
 PRODUCT_NAME = "Faregate credit"
 
@@ -55,6 +65,7 @@ class StripePayments:
     def from_settings(cls, settings: BillingSettings) -> StripePayments:
         client = http = None
         if settings.stripe_secret_key is not None:
+            stripe = _sdk()
             http = stripe.AIOHTTPClient(timeout=20)
             client = stripe.StripeClient(
                 settings.stripe_secret_key.get_secret_value(),
@@ -78,7 +89,7 @@ class StripePayments:
         return self._client
 
     async def create_customer(self, account_id: str) -> str:
-        api = self._api()
+        api, stripe = self._api(), _sdk()
         try:
             customer = await api.v1.customers.create_async(
                 {"metadata": {"faregate_account_id": account_id}, "description": f"Faregate account {account_id}"},
@@ -91,7 +102,7 @@ class StripePayments:
     async def checkout(
         self, customer_id: str, account_id: str, amount_cents: int, success_url: str, cancel_url: str
     ) -> Link:
-        api = self._api()
+        api, stripe = self._api(), _sdk()
         metadata = {"faregate_account_id": account_id}
         try:
             session = await api.v1.checkout.sessions.create_async(
@@ -122,7 +133,7 @@ class StripePayments:
         return Link(str(session.id), str(session.url))
 
     async def portal(self, customer_id: str, return_url: str) -> Link:
-        api = self._api()
+        api, stripe = self._api(), _sdk()
         try:
             session = await api.v1.billing_portal.sessions.create_async(
                 {"customer": customer_id, "return_url": return_url}
@@ -138,6 +149,7 @@ class StripePayments:
                 "Stripe is not configured on this Faregate: set FAREGATE_STRIPE_WEBHOOK_SECRET",
                 code="stripe_not_configured",
             )
+        stripe = _sdk()
         try:
             stripe.WebhookSignature.verify_header(payload, signature, self._webhook_secret, self._tolerance)
         except stripe.SignatureVerificationError as exc:
@@ -160,6 +172,6 @@ class StripePayments:
 def _upstream(exc: stripe.StripeError) -> InvalidRequest | UpstreamError:
     status = getattr(exc, "http_status", None)
     detail = exc.user_message or type(exc).__name__
-    if isinstance(exc, stripe.InvalidRequestError) and status == 400:
+    if isinstance(exc, _sdk().InvalidRequestError) and status == 400:
         return InvalidRequest(f"Stripe refused the request: {detail}", code="stripe_invalid_request")
     return UpstreamError(f"Stripe failed ({status or 'unreachable'}): {detail}", code="stripe_error")

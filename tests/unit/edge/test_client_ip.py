@@ -27,6 +27,7 @@ def ctx(trusted: str) -> EdgeContext:
         clients=None,
         admin_token="x",
         funds=None,  # type: ignore[arg-type]
+        releases=None,  # type: ignore[arg-type]
         trusted_proxies=parse_networks(trusted),
     )
 
