@@ -14,6 +14,7 @@ usage sink (never the text), priced at the model's prices when the request start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -273,8 +274,9 @@ class ChatRouter:
         status = UsageRecord.STATUS_CLIENT_CANCELLED
         try:
             yield pb.CompletionChunk(start=_start(attempt, True), data=first)
-            async for data in chunks:
-                yield pb.CompletionChunk(data=data)
+            async with contextlib.aclosing(coalesced(chunks)) as batches:  # its pump stops before aclose below
+                async for batch in batches:
+                    yield pb.CompletionChunk(data=batch[0], more=batch[1:])
             status = UsageRecord.STATUS_OK
         except UpstreamError as exc:
             await self.breakers.failure(attempt.route.provider, exc.retry_after)
@@ -335,6 +337,51 @@ class ChatRouter:
         record.ttft_ms = math.ceil((first_at - started) * 1000) if first_at else 0
         record.status = status  # type: ignore[assignment]  # protobuf enums are ints
         self._sink(record)
+
+
+_END = object()
+MAX_BATCH = 64
+
+
+async def coalesced(chunks: AsyncIterator[bytes], depth: int = 256) -> AsyncIterator[list[bytes]]:
+    """The chunks, in lists of those that arrived together: one gRPC message per network read.
+
+    A pump task reads the upstream into a bounded queue; each list holds what was already
+    queued when the previous one was sent. Chunks a model emits one by one still travel one
+    per message (no waiting to fill a batch); bursts (a fast model, a slow reader) share a
+    message, which is where a relayed chunk's cost goes. Errors arrive in order.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for data in chunks:
+                await queue.put(data)
+            await queue.put(_END)
+        except Exception as exc:  # handed to the reader, in order
+            await queue.put(exc)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            item = await queue.get()
+            batch: list[bytes] = []
+            while True:
+                if item is _END or isinstance(item, Exception):
+                    if batch:
+                        yield batch
+                    if isinstance(item, Exception):
+                        raise item
+                    return
+                batch.append(item)  # type: ignore[arg-type]
+                if queue.empty() or len(batch) == MAX_BATCH:
+                    break
+                item = queue.get_nowait()
+            yield batch
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 def _task_from_body(body: dict[str, Any]) -> str:

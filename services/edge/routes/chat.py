@@ -187,7 +187,10 @@ async def relay(call: grpc.aio.UnaryStreamCall, first: bytes, slot: Slot) -> Asy
                 err = chunk.error
                 yield _error_event(err.type, err.message, err.code or None)
                 return
-            yield b"data: " + chunk.data + b"\n\n"
+            if chunk.more:
+                yield b"".join(b"data: " + d + b"\n\n" for d in (chunk.data, *chunk.more))
+            else:
+                yield b"data: " + chunk.data + b"\n\n"
         yield _DONE
     except grpc.aio.AioRpcError as exc:
         failure = error_from_rpc(exc)
