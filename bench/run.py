@@ -494,8 +494,8 @@ def table(r: dict[str, Any]) -> str:
             "",
             "Slow streams (a chunk every 100 ms for 30 s, all opened within seconds):",
             "",
-            "| target | streams | held to the end | other outcomes | peak open | took s | peak RSS MB |",
-            "|---|---|---|---|---|---|---|",
+            "| target | streams | held to the end | other outcomes | peak open | took s | peak RSS MB | CPU µs/chunk |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, runs in r["slow"].items():
             for s in runs:

@@ -22,10 +22,13 @@ OpenAI's error object with :meth:`FaregateError.body`. Nothing else maps errors.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import grpc
+
+log = logging.getLogger(__name__)
 
 
 class FaregateError(Exception):
@@ -171,12 +174,14 @@ def from_metadata(
 
 def _from_bare_status(message: str, code: grpc.StatusCode) -> FaregateError:
     """A status with no Faregate metadata: the peer is down, overloaded or crashed."""
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        # down, too slow, or (CANCELLED) shedding a burst it could not take in: try again
         return ServiceUnavailable(
-            "a Faregate service is unavailable, try again shortly",
+            "a Faregate service is unavailable or overloaded, try again shortly",
             error_type="maintenance",
             retry_after=1,
         )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return PayloadTooLarge(message)
+    log.warning("a gRPC call failed with %s without Faregate's metadata: %s", code.name, message[:300])
     return FaregateError("internal error")

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 _CHANNEL_OPTIONS = [
     ("grpc.lb_policy_name", "round_robin"),
     ("grpc.keepalive_time_ms", 30_000),
+    # a peer too busy to answer a ping at once is not a dead one: every stream on the
+    # connection would fail with it (seen with thousands of open streams on two cores)
+    ("grpc.keepalive_timeout_ms", 60_000),
     # a restarted peer is found again within a fraction of a second, not gRPC's default 20 s
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -104,6 +107,14 @@ async def start_server(
         interceptors=[ErrorInterceptor()],
         options=[
             ("grpc.so_reuseport", 0),
+            # accept our clients' keepalive pings (every 30 s) instead of answering GOAWAY
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 0),
+            # a burst of new calls waits for the event loop instead of being cancelled by the
+            # core once 1,000 are pending (seen opening thousands of streams at once)
+            ("grpc.server_max_pending_requests", 100_000),
+            ("grpc.server_max_pending_requests_hard_limit", 100_000),
+            ("grpc.server_max_unrequested_time_in_server", 120),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ],

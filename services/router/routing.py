@@ -343,7 +343,7 @@ _END = object()
 MAX_BATCH = 64
 
 
-async def coalesced(chunks: AsyncIterator[bytes], depth: int = 256) -> AsyncIterator[list[bytes]]:
+async def coalesced(chunks: AsyncIterator[bytes], depth: int = 256) -> AsyncGenerator[list[bytes], None]:
     """The chunks, in lists of those that arrived together: one gRPC message per network read.
 
     A pump task reads the upstream into a bounded queue; each list holds what was already
