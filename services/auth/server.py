@@ -44,15 +44,17 @@ async def serve(settings: AuthSettings) -> None:
         await events.ensure_stream(nc.jetstream(), stream)
         following = asyncio.create_task(follow_usage(nc.jetstream(), stream, auth, durable=bool(settings.redis_url)))
     addr = settings.bind_addr(settings.auth_addr)
+    servicer = AuthServicer(auth)
     server, _ = await start_server(
         addr,
-        lambda s: auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), s),
+        lambda s: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, s),
         [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name],
     )
     log.info("auth listening on %s (limits %s)", addr, "in Redis" if settings.redis_url else "in process")
     try:
         await wait_for_shutdown()
     finally:
+        await servicer.calls.close()
         await server.stop(grace=5)
         if following:
             following.cancel()

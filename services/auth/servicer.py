@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 
+from faregate.callstream import CallServer
 from faregate.pb.auth.v1 import auth_pb2 as pb
 from faregate.pb.auth.v1 import auth_pb2_grpc
 from services.auth.admission import Admission, Authenticator, Routing
@@ -71,6 +74,8 @@ def _routing(message: pb.Routing) -> Routing:
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, auth: Authenticator) -> None:
         self._auth = auth
+        self.calls = CallServer()
+        self._authenticate_stream = self.calls.handler(self.Authenticate, pb.AuthenticateResult)
 
     async def Authenticate(
         self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext
@@ -79,6 +84,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             await self._auth.release(slot.key_id, slot.slot_id)
         admission = await self._auth.admit(request.api_key, request.client_ip)
         return admission_message(admission, self._auth.slot_lease)
+
+    async def AuthenticateStream(
+        self, request_iterator: AsyncIterator[pb.AuthenticateCall], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.AuthenticateResult]:
+        """Authenticate calls on one long-lived stream (faregate/callstream.py)."""
+        async for result in self._authenticate_stream(request_iterator, context):
+            yield result
 
     async def Identify(
         self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext

@@ -65,6 +65,7 @@ async def serve(settings: BillingSettings) -> None:
     try:
         await wait_for_shutdown()
     finally:
+        await servicer.calls.close()
         await server.stop(grace=5)
         for task in (consuming, expiring):
             task.cancel()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 
+from faregate.callstream import CallServer
 from faregate.pb.billing.v1 import billing_pb2 as pb
 from faregate.pb.billing.v1 import billing_pb2_grpc
 from services.billing.consumer import ConsumerStats
@@ -44,6 +47,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self._views = views
         self._topups = topups
         self._stats = stats
+        self.calls = CallServer()
+        self._reserve_stream = self.calls.handler(self.Reserve, pb.ReserveResult)
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         funds = await self._wallets.funds(request.account_id)
@@ -55,6 +60,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return pb.Wallet(
             account_id=request.account_id, balance_micros=funds.balance_micros, held_micros=funds.held_micros
         )
+
+    async def ReserveStream(
+        self, request_iterator: AsyncIterator[pb.ReserveCall], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ReserveResult]:
+        """Reserve calls on one long-lived stream (faregate/callstream.py)."""
+        async for result in self._reserve_stream(request_iterator, context):
+            yield result
 
     async def ReleaseHold(
         self, request: pb.ReleaseHoldRequest, context: grpc.aio.ServicerContext

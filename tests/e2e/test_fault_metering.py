@@ -5,6 +5,7 @@ exactly one ledger entry, balances are exact, and `faregate ledger verify` agree
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -57,9 +58,12 @@ def faulty(infra: Infra, fake_upstream, tmp_path_factory: pytest.TempPathFactory
             drop_postgres_database(admin_db, db_name)
 
 
-async def _load(url: str, key: str, n: int, stop: threading.Event) -> list[tuple[int, str]]:
+async def _load(
+    url: str, key: str, n: int, faults_done: threading.Event, stop: threading.Event
+) -> list[tuple[int, str]]:
+    """At least ``n`` requests, and on until the faults are all injected (at most 10 × n)."""
     results: list[tuple[int, str]] = []
-    queue = iter(range(n))
+    queue = itertools.takewhile(lambda i: i < n or (i < 10 * n and not faults_done.is_set()), itertools.count())
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
         async def worker() -> None:
@@ -92,8 +96,11 @@ def test_metering_is_exactly_once_through_billing_and_nats_restarts(faulty: tupl
     account = stack.create_account(plan="unlimited", credit_usd=CREDIT_USD)
     key = stack.create_key(account)
     done = threading.Event()
+    faults_done = threading.Event()
     outcome: dict[str, list[tuple[int, str]]] = {}
-    runner = threading.Thread(target=lambda: outcome.update(r=asyncio.run(_load(stack.url, key, REQUESTS, done))))
+    runner = threading.Thread(
+        target=lambda: outcome.update(r=asyncio.run(_load(stack.url, key, REQUESTS, faults_done, done)))
+    )
     runner.start()
     kills = 0
     nats_restarted = False
@@ -108,6 +115,7 @@ def test_metering_is_exactly_once_through_billing_and_nats_restarts(faulty: tupl
             nats["proc"], _ = nats["launcher"].nats(nats["dir"], nats["port"])
             nats_restarted = True
         stack.start_service("billing")
+    faults_done.set()
     runner.join(timeout=600)
     results = outcome["r"]
     answered = {rid for status, rid in results if status == 200}

@@ -22,7 +22,7 @@ from faregate.grpc import error_from_rpc
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
 from faregate.pb.router.v1 import router_pb2
-from services.edge.clients import unary
+from services.edge.clients import UNARY_TIMEOUT_S, unary
 from services.edge.context import EdgeContext, bearer, edge, new_request_id
 
 _DONE = b"data: [DONE]\n\n"
@@ -104,16 +104,15 @@ async def _authenticate(ctx: EdgeContext, request: auth_pb2.AuthenticateRequest)
     released = ctx.releases.take()
     request.released.extend(released)
     try:
-        return await unary(ctx.clients.auth.Authenticate, request)
+        return await ctx.clients.authenticate(request, UNARY_TIMEOUT_S)
     except BaseException:
         ctx.releases.give_back(released)
         raise
 
 
 async def _reserve(ctx: EdgeContext, account_id: str, request_id: str, amount: int) -> None:
-    await unary(
-        ctx.clients.billing.Reserve,
-        billing_pb2.ReserveRequest(account_id=account_id, request_id=request_id, amount_micros=amount),
+    await ctx.clients.reserve(
+        billing_pb2.ReserveRequest(account_id=account_id, request_id=request_id, amount_micros=amount), UNARY_TIMEOUT_S
     )
 
 
