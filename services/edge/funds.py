@@ -124,6 +124,10 @@ class Funds:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return 0
+        return self.worst_case_of(body, len(raw))
+
+    def worst_case_of(self, body: object, size: int) -> int:
+        """``worst_case`` of a body already parsed, ``size`` bytes long."""
         if not isinstance(body, dict):
             return 0
         fallbacks = body.get("models")
@@ -132,7 +136,7 @@ class Funds:
         if not known:
             return 0
         asked = body.get("max_completion_tokens") or body.get("max_tokens")
-        return max(_worst(price, len(raw), asked) for price in known)
+        return max(_worst(price, size, asked) for price in known)
 
     @staticmethod
     def _digest(key: str) -> bytes:

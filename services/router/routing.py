@@ -79,7 +79,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
-    if "stream" in body and not isinstance(body["stream"], bool):
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):  # null: OpenAI's default
         raise InvalidRequest("'stream' must be a boolean", param="stream")
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
@@ -243,7 +243,7 @@ class ChatRouter:
 
     # -- chat completions -------------------------------------------------------------------
 
-    async def chat(self, request: pb.CompletionRequest) -> AsyncIterator[pb.CompletionChunk]:
+    async def chat(self, request: pb.CompletionRequest) -> AsyncGenerator[pb.CompletionChunk, None]:
         started = self._clock()
         body = parse_body(request.body)
         caller = request.caller

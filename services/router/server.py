@@ -65,9 +65,10 @@ async def serve(settings: RouterSettings) -> None:
         catalog, providers, publisher.submit, breakers=breakers, first_token_timeout=settings.first_token_timeout
     )
     addr = settings.bind_addr(settings.router_addr)
+    servicer = RouterServicer(router, catalog, prices)
     server, _ = await start_server(
         addr,
-        lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router, catalog, prices), s),
+        lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, s),
         [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name],
     )
     log.info(
@@ -79,6 +80,7 @@ async def serve(settings: RouterSettings) -> None:
     try:
         await wait_for_shutdown()
     finally:
+        await servicer.calls.close()
         await server.stop(grace=5)
         await prices.close()
         await breakers.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import grpc
 
-from faregate.errors import InvalidRequest, NotFound
+from faregate.callstream import CallServer
+from faregate.errors import InvalidRequest, NotFound, UpstreamError
 from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.pb.router.v1 import router_pb2_grpc
 from services.router.autoroute import CATEGORIES
@@ -39,12 +41,30 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._router = router
         self._catalog = catalog
         self._prices = prices
+        self.calls = CallServer()
+        self._complete_stream = self.calls.handler(self.Complete, pb.CompletionResult)
 
     async def ChatCompletion(
         self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CompletionChunk]:
         async for chunk in self._router.chat(request):
             yield chunk
+
+    async def Complete(self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext) -> pb.CompletionChunk:
+        """A completion not asked to stream: the one message ChatCompletion would send."""
+        async with contextlib.aclosing(self._router.chat(request)) as chunks:
+            async for chunk in chunks:
+                if chunk.start.stream:  # the edge sends only bodies without "stream": true here
+                    raise InvalidRequest("a streamed completion cannot be answered in one message", param="stream")
+                return chunk
+        raise UpstreamError("the router ended the call without an answer")
+
+    async def CompleteStream(
+        self, request_iterator: AsyncIterator[pb.CompletionCall], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.CompletionResult]:
+        """Complete calls on one long-lived stream (faregate/callstream.py)."""
+        async for result in self._complete_stream(request_iterator, context):
+            yield result
 
     async def Embeddings(self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext) -> pb.CompletionChunk:
         return await self._router.embeddings(request)

@@ -118,6 +118,47 @@ def test_sse_wire_format_ends_with_done(stack: Stack, account: tuple[str, str]) 
     assert events[-1] == "data: [DONE]"
 
 
+@pytest.mark.parametrize(
+    ("body", "streamed"),
+    [
+        (b'{"model": "fake-model", "stream": false, "messages": [{"role": "user", "content": "hi"}]}', False),
+        (b'{"model": "fake-model", "stream": null, "messages": [{"role": "user", "content": "hi"}]}', False),
+        # a key spelled with a JSON escape is still "stream": the edge reads the body as JSON
+        (b'{"model": "fake-model", "\\u0073tream": true, "messages": [{"role": "user", "content": "hi"}]}', True),
+    ],
+    ids=["stream false", "stream null", "escaped stream key"],
+)
+def test_the_answer_has_the_shape_the_body_asked_for(
+    stack: Stack, account: tuple[str, str], body: bytes, streamed: bool
+) -> None:
+    _, key = account
+    resp = httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        content=body,
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    if streamed:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert resp.text.rstrip().endswith("data: [DONE]")
+    else:
+        assert resp.headers["content-type"].startswith("application/json")
+        validate("CreateChatCompletionResponse", resp.json())
+
+
+def test_a_stream_field_that_is_not_a_boolean_is_refused(stack: Stack, account: tuple[str, str]) -> None:
+    _, key = account
+    resp = httpx.post(
+        f"{stack.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "fake-model", "stream": "yes", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "stream"
+
+
 def test_each_request_gets_exactly_one_ledger_entry(stack: Stack, account: tuple[str, str]) -> None:
     account_id, key = account
     c = client(stack, key)

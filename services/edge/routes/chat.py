@@ -1,7 +1,9 @@
 """POST /v1/chat/completions: the hot path.
 
-One auth call, then one router call; the body is relayed as bytes (the router parses it),
-and the answer is relayed as bytes: whole for JSON, chunk by chunk for SSE. Mounted as a
+One admission round (auth, and billing for a priced live request), then one router call;
+the body is relayed as bytes (the router parses it), and the answer is relayed as bytes:
+whole for JSON (a message on the router's call stream, ADR 9), chunk by chunk for SSE (a
+server-streaming call). Mounted as a
 plain Starlette route (services/edge/app.py): no dependency solving, no body model.
 """
 
@@ -22,7 +24,7 @@ from faregate.grpc import error_from_rpc
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
 from faregate.pb.router.v1 import router_pb2
-from services.edge.clients import UNARY_TIMEOUT_S, unary
+from services.edge.clients import COMPLETION_TIMEOUT_S, UNARY_TIMEOUT_S, unary
 from services.edge.context import EdgeContext, bearer, edge, new_request_id
 
 _DONE = b"data: [DONE]\n\n"
@@ -40,22 +42,33 @@ def rate_limit_headers(reply: auth_pb2.AuthenticateResponse, request_id: str) ->
 
 async def _admitted(
     request: Request,
-) -> tuple[EdgeContext, str, bytes, auth_pb2.AuthenticateResponse, bool, Slot]:
-    """What every inference route does first: size check, admission, funds hold, slot."""
+) -> tuple[EdgeContext, str, bytes, bool, auth_pb2.AuthenticateResponse, bool, Slot]:
+    """What every inference route does first: size check, admission, funds hold, slot.
+
+    The body is parsed once here (the router parses it again: it is relayed as bytes) for
+    the worst-case cost and to tell whether the client asked for a stream; a body that does
+    not parse is the router's to refuse."""
     ctx = edge(request)
     request.state.request_id = request_id = new_request_id()
     raw = await request.body()
     if len(raw) > ctx.settings.max_body_bytes:
         raise PayloadTooLarge(f"request body is over {ctx.settings.max_body_bytes} bytes")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    streamed = not isinstance(body, dict) or body.get("stream") not in (None, False)
     key = bearer(request)
-    amount = ctx.funds.worst_case(raw) if key.startswith("gw_live_") else 0
+    amount = ctx.funds.worst_case_of(body, len(raw)) if key.startswith("gw_live_") else 0
     admitted, hold = await admit(ctx, key, ctx.client_ip(request), request_id, amount)
-    return ctx, request_id, raw, admitted, hold, Slot(ctx, admitted)
+    return ctx, request_id, raw, streamed, admitted, hold, Slot(ctx, admitted)
 
 
 async def chat_completions(request: Request) -> Response:
-    ctx, request_id, raw, admitted, hold, slot = await _admitted(request)
+    ctx, request_id, raw, streamed, admitted, hold, slot = await _admitted(request)
     try:
+        if not streamed:
+            return await _complete(ctx, request_id, admitted, raw, slot)
         return await _answer(ctx, request_id, admitted, raw, slot)
     except BaseException:
         slot.release()
@@ -123,7 +136,7 @@ async def _release_hold(ctx: EdgeContext, request_id: str) -> None:
 
 async def embeddings(request: Request) -> Response:
     """POST /v1/embeddings: the same admission and funds check, one router call."""
-    ctx, request_id, raw, admitted, hold, slot = await _admitted(request)
+    ctx, request_id, raw, _, admitted, hold, slot = await _admitted(request)
     try:
         answer = await unary(
             ctx.clients.router.Embeddings,
@@ -149,6 +162,17 @@ def _caller(admitted: auth_pb2.AuthenticateResponse) -> router_pb2.Caller:
         routing_mode=admitted.routing.mode,
         preferred_provider=admitted.routing.provider,
     )
+
+
+async def _complete(
+    ctx: EdgeContext, request_id: str, admitted: auth_pb2.AuthenticateResponse, raw: bytes, slot: Slot
+) -> Response:
+    """A completion the client did not ask to stream: one message on the router's call stream."""
+    answer = await ctx.clients.complete(
+        router_pb2.CompletionRequest(request_id=request_id, caller=_caller(admitted), body=raw), COMPLETION_TIMEOUT_S
+    )
+    slot.release()
+    return Response(answer.data, media_type="application/json", headers=rate_limit_headers(admitted, request_id))
 
 
 async def _answer(
