@@ -59,6 +59,7 @@ async def serve(settings: EdgeSettings) -> None:
         log_level="warning",
         lifespan="on",
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-For is trusted only from FAREGATE_TRUSTED_PROXIES (context.py)
         timeout_graceful_shutdown=10,
     )
     log.info("edge listening on http://%s:%d", host, port)

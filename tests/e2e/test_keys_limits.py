@@ -177,3 +177,10 @@ def test_guest_sandbox(stack: Stack) -> None:
     resp = stack.http.post("/v1/chat/completions", json={"model": "faregate/echo", "messages": HELLO})
     assert resp.status_code == 429 and "guest" in resp.json()["error"]["message"]
     assert int(resp.headers["retry-after"]) >= 1
+    # a forwarded address is believed only from a trusted proxy (none configured here)
+    resp = stack.http.post(
+        "/v1/chat/completions",
+        json={"model": "faregate/echo", "messages": HELLO},
+        headers={"X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9"},
+    )
+    assert resp.status_code == 429, "a client must not pick its own address with X-Forwarded-For"
