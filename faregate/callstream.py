@@ -1,18 +1,19 @@
 """Unary calls carried on long-lived bidirectional gRPC streams (ADR 9).
 
 A unary grpc.aio call costs ~270–500 µs of CPU, client and server together; a message on a
-stream that is already open costs a fraction of that. The edge makes two calls per request
-(auth's ``Authenticate`` and billing's ``Reserve``), so both are also served as
-``…Stream(stream Call) returns (stream Result)``: each message carries one call and a
-``call_id``; the result carries the same id and either the response or a ``CallError``
-holding the status and Faregate metadata a unary call would have ended with, so the caller
-rebuilds the very same FaregateError.
+stream that is already open costs a fraction of that. The edge's calls on every request
+(auth's ``Authenticate``, billing's ``Reserve``, the router's ``Complete`` for an answer not
+streamed) are therefore also served as ``…Stream(stream Call) returns (stream Result)``:
+each message carries one call and a ``call_id``; the result carries the same id and either
+the response or a ``CallError`` holding the status and Faregate metadata a unary call would
+have ended with, so the caller rebuilds the very same FaregateError.
 
 Server side, :class:`CallServer` turns a servicer's unary method into the stream handler:
 every call runs as its own task, so a slow call never holds up the others. Client side,
-:class:`CallStream` keeps a few *lanes* (streams) open — at least one per replica the
-channel balances over — and spreads calls across them. A lane that ends or breaks fails its
-calls in flight as ``UNAVAILABLE`` would (503, try again) and is reopened by the next call.
+:class:`CallStream` keeps one *lane* (stream) open per replica, each on its own channel,
+and spreads calls across them, skipping a replica whose channel is failing. A lane that
+ends or breaks fails its calls in flight as ``UNAVAILABLE`` would (503, try again) and is
+reopened by the next call.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -53,15 +55,34 @@ def _internal() -> calls_pb2.CallError:
 
 _END = object()  # a stream's calls are all answered and its caller stopped sending
 _CLOSE = object()  # the server is stopping
+_DONE_WRITING = object()  # a draining lane's last message: half-close the stream
+# Results with call_id 0 are signals: the first one on every stream (no error) says the
+# server took the stream in; one with an error says it is stopping: send no more here.
+SIGNAL_ID = 0
+NOT_STARTED = "fg-not-started"  # metadata of a call a stopping server refused unstarted
+
+
+def _not_started() -> calls_pb2.CallError:
+    return calls_pb2.CallError(
+        code=grpc.StatusCode.UNAVAILABLE.value[0], message="the service is stopping", metadata={NOT_STARTED: "1"}
+    )
 
 
 class CallServer:
-    """Serves unary methods over streams; ``close()`` ends every open stream (before the
-    gRPC server stops, so its grace period is not spent waiting on streams that never end)."""
+    """Serves unary methods over streams.
+
+    ``close()`` (before the gRPC server stops) sends every open stream the stop signal: the
+    caller sends no more calls there, calls already running are answered, calls that arrive
+    meanwhile are refused unstarted (the caller sends them to another replica), and each
+    stream ends when its caller half-closes it. The server never ends a stream while its
+    caller may still be writing: gRPC would fail those writes as INTERNAL, with no way to
+    tell whether the calls ran.
+    """
 
     def __init__(self) -> None:
         self._outboxes: set[asyncio.Queue[Any]] = set()
         self._all_closed = asyncio.Event()
+        self._closed = False
 
     def handler(
         self,
@@ -75,6 +96,7 @@ class CallServer:
         async def serve(calls: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             outbox: asyncio.Queue[Any] = asyncio.Queue()
             running: set[asyncio.Task[None]] = set()
+            stopping = self._closed
 
             async def one(call: Any) -> None:
                 try:
@@ -94,25 +116,27 @@ class CallServer:
             async def read() -> None:
                 with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
                     async for call in calls:
+                        if stopping:
+                            outbox.put_nowait(result(call_id=call.call_id, error=_not_started()))
+                            continue
                         task = asyncio.create_task(one(call))
                         running.add(task)
                         task.add_done_callback(finished)
                 if not running:
                     outbox.put_nowait(_END)
 
+            outbox.put_nowait(result(call_id=SIGNAL_ID))  # ready
+            if stopping:
+                outbox.put_nowait(_CLOSE)
             reader = asyncio.create_task(read())
             outboxes.add(outbox)
             all_closed.clear()
             try:
                 while (item := await outbox.get()) is not _END:
-                    if item is _CLOSE:  # answer what was taken in, then end the stream
-                        reader.cancel()
-                        if running:
-                            await asyncio.wait(running, timeout=5)
-                        while not outbox.empty():
-                            if (item := outbox.get_nowait()) is not _END and item is not _CLOSE:
-                                yield item
-                        return
+                    if item is _CLOSE:
+                        stopping = True
+                        yield result(call_id=SIGNAL_ID, error=_not_started())
+                        continue
                     yield item
             finally:
                 reader.cancel()
@@ -124,55 +148,99 @@ class CallServer:
 
         return serve
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 10.0) -> None:
+        """Signal every stream and wait (up to ``timeout``) for their callers to close them."""
+        self._closed = True
         if not self._outboxes:
             return
         for outbox in self._outboxes:
             outbox.put_nowait(_CLOSE)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._all_closed.wait(), 10)
+            await asyncio.wait_for(self._all_closed.wait(), timeout)
 
 
 class _Lane:
-    """One open stream, the calls waiting on it, and the tasks that write and read it."""
+    """One open stream, the calls waiting on it, and the tasks that write and read it.
 
-    def __init__(self, open_stream: Callable[[], Any]) -> None:
+    After the server's stop signal the lane takes no new calls, sends the calls the server
+    refused unstarted to ``elsewhere``, and half-closes once its calls are answered. A lane
+    that fails before the server's ready signal (the replica is down) never delivered a call:
+    those go ``elsewhere`` too. Any other failure fails the calls waiting on it.
+    """
+
+    def __init__(
+        self, open_stream: Callable[[], Any], elsewhere: Callable[[list[_Waiting]], None], on_stop: Callable[[], None]
+    ) -> None:
         self.outbox: asyncio.Queue[Any] = asyncio.Queue()
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.alive = True
+        self.pending: dict[int, _Waiting] = {}
+        self.alive = True  # takes new calls
+        self._elsewhere = elsewhere
+        self._on_stop = on_stop
+        self._draining = False
+        self._ready = False
         self.call = open_stream()
         self.writer = asyncio.create_task(self._write())
         self.reader = asyncio.create_task(self._read())
 
+    def send(self, waiting: _Waiting) -> None:
+        self.pending[waiting.call_id] = waiting
+        self.outbox.put_nowait(waiting.message)
+
     async def _write(self) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            while True:
-                await self.call.write(await self.outbox.get())
+            while (message := await self.outbox.get()) is not _DONE_WRITING:
+                await self.call.write(message)
+            await self.call.done_writing()
+
+    def _drain(self) -> None:
+        if not self._draining:
+            self._draining = True
+            self.alive = False
+            self._on_stop()
+        if not self.pending:
+            self.outbox.put_nowait(_DONE_WRITING)
 
     async def _read(self) -> None:
         failure: FaregateError | None = None
         try:
             async for result in self.call:
-                future = self.pending.pop(result.call_id, None)
-                if future is None or future.done():
-                    continue  # its caller gave up (timeout or cancellation)
-                if result.HasField("error"):
-                    future.set_exception(error_from_call(result.error))
-                else:
-                    future.set_result(result.response)
+                if result.call_id == SIGNAL_ID:
+                    if result.HasField("error"):
+                        self._drain()
+                    else:
+                        self._ready = True
+                    continue
+                waiting = self.pending.pop(result.call_id, None)
+                if waiting is not None and not waiting.future.done():
+                    if not result.HasField("error"):
+                        waiting.future.set_result(result.response)
+                    elif NOT_STARTED in result.error.metadata:
+                        self._elsewhere([waiting])
+                    else:
+                        waiting.future.set_exception(error_from_call(result.error))
+                if self._draining and not self.pending:
+                    self.outbox.put_nowait(_DONE_WRITING)
         except grpc.aio.AioRpcError as exc:
-            failure = from_metadata(exc.details() or "", exc.trailing_metadata() or (), fallback=exc.code())
+            # the stream itself broke (a servicer's errors arrive as results): the peer went
+            # away or restarted, whatever status the core reports (a killed peer often shows
+            # as INTERNAL): retryable, as a unary call to a stopped peer would be
+            log.debug("call stream ended: %s %s", exc.code(), exc.details())
+            failure = from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE)
         except asyncio.CancelledError:
             pass
         finally:
             self.alive = False
             self.writer.cancel()
-            if failure is None or failure.http_status < 500:
-                failure = from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE)
-            for future in self.pending.values():
-                if not future.done():
-                    future.set_exception(failure)
+            left = [w for w in self.pending.values() if not w.future.done()]
             self.pending.clear()
+            if failure is not None and not self._ready:  # the replica is down: nothing was delivered
+                self._on_stop()
+                self._elsewhere(left)
+            else:
+                if failure is None:
+                    failure = from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE)
+                for waiting in left:
+                    waiting.future.set_exception(failure)
 
     async def close(self) -> None:
         self.alive = False
@@ -183,52 +251,91 @@ class _Lane:
                 await task
 
 
+@dataclass
+class _Waiting:
+    call_id: int
+    message: Any
+    future: asyncio.Future[Any]
+    resent: bool = False
+
+
+STOPPING_AVOID_S = 2.0
+_USABLE = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING)
+
+
+@dataclass
+class Replica:
+    """Where lanes open: a channel to one replica and its stub's stream method."""
+
+    channel: grpc.aio.Channel
+    open_stream: Callable[[], Any]
+    lane: _Lane | None = None
+    stopping_until: float = 0.0  # stopping or down: no new lanes there for a while
+
+
 class CallStream(Generic[Req, Resp]):
     """Client side: ``await stream(request, timeout)`` behaves like the unary call it replaces.
 
-    ``open_stream`` is the stub's stream method (``stub.AuthenticateStream``), ``make_call``
-    the Call message class. ``lanes`` streams are kept open and used in turn.
+    One lane per replica (each on its own channel, so the lanes are spread evenly whatever
+    order the replicas came up in), used in turn; a replica whose channel is failing is
+    skipped while another can take the call. ``make_call`` is the Call message class.
     """
 
-    def __init__(
-        self,
-        open_stream: Callable[[], Any],
-        make_call: Callable[..., Any],
-        *,
-        lanes: int = 2,
-    ) -> None:
-        self._open = open_stream
+    def __init__(self, replicas: list[Replica], make_call: Callable[..., Any]) -> None:
+        if not replicas:
+            raise ValueError("a call stream needs at least one replica")
+        self._replicas = replicas
         self._make_call = make_call
-        self._lanes: list[_Lane | None] = [None] * max(1, lanes)
-        self._turn = itertools.cycle(range(len(self._lanes)))
+        self._turn = itertools.cycle(range(len(replicas)))
         self._ids = itertools.count(1)
 
-    def _lane(self) -> _Lane:
-        i = next(self._turn)
-        lane = self._lanes[i]
-        if lane is None or not lane.alive:
-            lane = self._lanes[i] = _Lane(self._open)
-        return lane
+    def _lane(self, avoid: Replica | None = None) -> _Lane:
+        first = next(self._turn)
+        n = len(self._replicas)
+        now = asyncio.get_running_loop().time()
+        for k in range(n):
+            replica = self._replicas[(first + k) % n]
+            if n > 1 and (replica is avoid or replica.stopping_until > now):
+                continue
+            if replica.lane is not None and replica.lane.alive:
+                return replica.lane
+            if n == 1 or replica.channel.get_state(try_to_connect=True) in _USABLE:
+                return self._open(replica)
+        # every replica is failing: try one anyway (a 503 if it is still down)
+        return self._open(next(r for r in self._replicas if r is not avoid or n == 1))
+
+    def _open(self, replica: Replica) -> _Lane:
+        def stopping() -> None:
+            replica.stopping_until = asyncio.get_running_loop().time() + STOPPING_AVOID_S
+
+        replica.lane = _Lane(replica.open_stream, lambda left: self._resend(left, replica), stopping)
+        return replica.lane
+
+    def _resend(self, left: list[_Waiting], stopping: Replica) -> None:
+        """Calls a replica never started (stopping or down): once more, on another's lane."""
+        for waiting in left:
+            if waiting.resent:
+                waiting.future.set_exception(from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE))
+            else:
+                waiting.resent = True
+                self._lane(avoid=stopping).send(waiting)
 
     async def __call__(self, request: Req, timeout: float) -> Resp:
-        lane = self._lane()
         call_id = next(self._ids)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Resp] = loop.create_future()
-        lane.pending[call_id] = future
-        lane.outbox.put_nowait(self._make_call(call_id=call_id, request=request))
+        self._lane().send(_Waiting(call_id, self._make_call(call_id=call_id, request=request), future))
         expiry = loop.call_later(timeout, _expire, future)
         try:
             return await future
         finally:
             expiry.cancel()
-            lane.pending.pop(call_id, None)
 
     async def close(self) -> None:
-        lanes = [lane for lane in self._lanes if lane is not None]
-        self._lanes = [None] * len(self._lanes)
-        for lane in lanes:
-            await lane.close()
+        for replica in self._replicas:
+            lane, replica.lane = replica.lane, None
+            if lane is not None:
+                await lane.close()
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
 CATALOG_CHANGED = "faregate.catalog.changed"  # core NATS: a router changed prices; caches reload
+# core NATS, payload the key id: a key was revoked or its limits or routing changed; every
+# auth replica drops its cached copy at once (the cache's TTL covers a missed message)
+KEYS_CHANGED = "faregate.keys.changed"
 ACK_TIMEOUT_S = 5.0
 
 
@@ -51,8 +54,9 @@ class UsageStream:
         )
 
 
-async def connect(url: str, *, name: str, attempts: int = 60) -> NATS:
-    """Connect, waiting for a NATS server that is still starting (up to ``attempts`` × 0.5 s)."""
+async def connect(url: str, *, name: str, attempts: int = 60, **options: Any) -> NATS:
+    """Connect, waiting for a NATS server that is still starting (up to ``attempts`` × 0.5 s).
+    ``options`` go to ``nats.connect`` (callbacks such as ``reconnected_cb``)."""
     for attempt in range(attempts):
         try:
             return await nats.connect(
@@ -61,6 +65,7 @@ async def connect(url: str, *, name: str, attempts: int = 60) -> NATS:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
+                **options,
             )
         except (OSError, nats.errors.NoServersError, TimeoutError):
             if attempt == attempts - 1:

@@ -62,6 +62,9 @@ class AuthSettings(DatabaseSettings):
     key_secret: SecretStr | None = None  # HMAC key for API-key hashes
     plans: str | None = None  # JSON changes to the default plans, e.g. {"basic": {"rpm": 100}}
     slot_lease_seconds: float = Field(default=60.0, gt=0)  # a concurrency slot not renewed expires
+    # how long a replica trusts its cached copy of a key; revocations and changes also reach
+    # every replica at once over NATS (faregate.keys.changed), so this bounds a lost message
+    key_cache_seconds: float = Field(default=10.0, ge=0)
 
     def hmac_key(self) -> bytes:
         return self.secret("key_secret", self.key_secret).get_secret_value().encode()

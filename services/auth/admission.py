@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from faregate.errors import AuthenticationFailed, InvalidRequest, NotFound, RateLimited
@@ -32,7 +32,7 @@ from services.auth.storage import AccountRow, AuthStore, KeyRow, now_ms
 
 log = logging.getLogger(__name__)
 
-CACHE_TTL_S = 1.0  # a revoked key is refused by every replica within this time
+CACHE_TTL_S = 10.0  # default FAREGATE_KEY_CACHE_SECONDS: how stale a replica may be if a change message is lost
 GUEST_ACCOUNT = "acc_guest"
 BAD_KEYS_PER_IP_PER_MINUTE = 60
 
@@ -105,6 +105,8 @@ class Authenticator:
         self._cache: dict[bytes, tuple[float, KeyRow | None]] = {}
         self._last_used: dict[str, int] = {}
         self._flusher: asyncio.Task[None] | None = None
+        # tells the other replicas a key changed (auth's server wires it to NATS KEYS_CHANGED)
+        self.announce: Callable[[str], Awaitable[None]] | None = None
 
     def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_last_used())
@@ -310,7 +312,7 @@ class Authenticator:
         row = await self._store.revoke_key(account_id, key_id)
         if row is None:
             raise NotFound(f"no key {key_id!r}", code="key_not_found")
-        self._forget(key_id)
+        await self._changed(key_id)
         return row
 
     async def update_key(
@@ -334,12 +336,26 @@ class Authenticator:
         row = await self._store.update_key(key_id, values, account_id)
         if row is None:
             raise NotFound(f"no key {key_id!r}", code="key_not_found")
-        self._forget(key_id)
+        await self._changed(key_id)
         return row
 
-    def _forget(self, key_id: str) -> None:
-        """Drop this replica's cached copy now; other replicas' copies expire within the TTL."""
+    async def _changed(self, key_id: str) -> None:
+        """Drop this replica's cached copy now and tell the others (they drop theirs when the
+        message arrives, or when their copy's TTL ends if it is lost)."""
+        self.forget(key_id)
+        if self.announce is not None:
+            try:
+                await self.announce(key_id)
+            except Exception as exc:  # NATS is away: the other replicas' TTL still bounds it
+                log.warning("could not announce a change to key %s: %s", key_id, exc)
+
+    def forget(self, key_id: str) -> None:
+        """Drop the cached copy of one key (a change made here or announced by a replica)."""
         self._cache = {d: v for d, v in self._cache.items() if v[1] is None or v[1].id != key_id}
+
+    def forget_all(self) -> None:
+        """Drop every cached key (after a gap in the change messages, e.g. a NATS reconnect)."""
+        self._cache = {}
 
 
 def _slot_bucket(key_id: str) -> str:

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import logging
 
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
 from faregate import db, events
 from faregate.grpc import start_server
 from faregate.lifecycle import wait_for_shutdown
@@ -34,12 +37,13 @@ async def serve(settings: AuthSettings) -> None:
         counters,
         Plans.from_json(settings.plans),
         slot_lease=settings.slot_lease_seconds,
+        cache_ttl=settings.key_cache_seconds,
     )
     auth.start()
     following: asyncio.Task[None] | None = None
     nc = None
     if settings.nats_url:
-        nc = await events.connect(settings.nats_url, name="faregate-auth")
+        nc = await _follow_key_changes(settings.nats_url, auth)
         stream = events.UsageStream(settings.usage_stream, settings.usage_subject)
         await events.ensure_stream(nc.jetstream(), stream)
         following = asyncio.create_task(follow_usage(nc.jetstream(), stream, auth, durable=bool(settings.redis_url)))
@@ -64,3 +68,24 @@ async def serve(settings: AuthSettings) -> None:
             await nc.drain()
         await auth.close()
         await engine.dispose()
+
+
+async def _follow_key_changes(url: str, auth: Authenticator) -> NATS:
+    """Connect to NATS so that a key changed on any replica is dropped from every replica's
+    cache at once; after a reconnect (messages may have been missed) the whole cache goes."""
+
+    async def reconnected() -> None:
+        auth.forget_all()
+
+    async def changed(msg: Msg) -> None:
+        auth.forget(msg.data.decode())
+
+    nc = await events.connect(url, name="faregate-auth", reconnected_cb=reconnected)
+    await nc.subscribe(events.KEYS_CHANGED, cb=changed)
+
+    async def announce(key_id: str) -> None:
+        await nc.publish(events.KEYS_CHANGED, key_id.encode())
+        await nc.flush(timeout=2)
+
+    auth.announce = announce
+    return nc

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from faregate.callstream import CallStream
+from faregate.callstream import CallStream, Replica
 from faregate.grpc import check_health, error_from_rpc, insecure_channel
 from faregate.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 from faregate.pb.billing.v1 import billing_pb2, billing_pb2_grpc
@@ -28,10 +28,11 @@ class Clients:
     router: router_pb2_grpc.RouterServiceStub
     billing: billing_pb2_grpc.BillingServiceStub
     channels: dict[str, grpc.aio.Channel]
-    # the two calls of every inference request, on long-lived streams (ADR 9)
+    # the calls of every inference request, on long-lived streams (ADR 9)
     authenticate: CallStream[auth_pb2.AuthenticateRequest, auth_pb2.AuthenticateResponse]
     reserve: CallStream[billing_pb2.ReserveRequest, billing_pb2.Wallet]
     complete: CallStream[router_pb2.CompletionRequest, router_pb2.CompletionChunk]
+    replica_channels: list[grpc.aio.Channel]
 
     @classmethod
     def connect(cls, settings: EdgeSettings) -> Clients:
@@ -40,19 +41,33 @@ class Clients:
             "router": insecure_channel(settings.router_addr),
             "billing": insecure_channel(settings.billing_addr),
         }
-        auth = auth_pb2_grpc.AuthServiceStub(channels["auth"])
-        billing = billing_pb2_grpc.BillingServiceStub(channels["billing"])
-        router = router_pb2_grpc.RouterServiceStub(channels["router"])
+        # call streams: one channel per replica, so their lanes spread evenly (ADR 9)
+        replicas = {
+            name: _replica_channels(addrs, channels[name])
+            for name, addrs in (
+                ("auth", settings.auth_addr),
+                ("router", settings.router_addr),
+                ("billing", settings.billing_addr),
+            )
+        }
         return cls(
-            auth=auth,
-            router=router,
-            billing=billing,
+            auth=auth_pb2_grpc.AuthServiceStub(channels["auth"]),
+            router=router_pb2_grpc.RouterServiceStub(channels["router"]),
+            billing=billing_pb2_grpc.BillingServiceStub(channels["billing"]),
             channels=channels,
             authenticate=CallStream(
-                auth.AuthenticateStream, auth_pb2.AuthenticateCall, lanes=_lanes(settings.auth_addr)
+                [Replica(ch, auth_pb2_grpc.AuthServiceStub(ch).AuthenticateStream) for ch in replicas["auth"]],
+                auth_pb2.AuthenticateCall,
             ),
-            reserve=CallStream(billing.ReserveStream, billing_pb2.ReserveCall, lanes=_lanes(settings.billing_addr)),
-            complete=CallStream(router.CompleteStream, router_pb2.CompletionCall, lanes=_lanes(settings.router_addr)),
+            reserve=CallStream(
+                [Replica(ch, billing_pb2_grpc.BillingServiceStub(ch).ReserveStream) for ch in replicas["billing"]],
+                billing_pb2.ReserveCall,
+            ),
+            complete=CallStream(
+                [Replica(ch, router_pb2_grpc.RouterServiceStub(ch).CompleteStream) for ch in replicas["router"]],
+                router_pb2.CompletionCall,
+            ),
+            replica_channels=[ch for chs in replicas.values() for ch in chs if ch not in channels.values()],
         )
 
     async def health(self) -> dict[str, str]:
@@ -62,7 +77,7 @@ class Clients:
         await self.authenticate.close()
         await self.reserve.close()
         await self.complete.close()
-        for ch in self.channels.values():
+        for ch in [*self.channels.values(), *self.replica_channels]:
             await ch.close()
 
 
@@ -74,6 +89,7 @@ async def unary(method: Callable[..., Awaitable[T]], request: Any, timeout: floa
         raise error_from_rpc(exc) from None
 
 
-def _lanes(addrs: str) -> int:
-    """Streams to keep open: two, or one per replica when a list of replicas is balanced over."""
-    return max(2, len([a for a in addrs.split(",") if a.strip()]))
+def _replica_channels(addrs: str, balanced: grpc.aio.Channel) -> list[grpc.aio.Channel]:
+    """A channel per replica in a list of replicas; the balanced channel itself for one."""
+    parts = [a.strip() for a in addrs.split(",") if a.strip()]
+    return [balanced] if len(parts) < 2 else [insecure_channel(a) for a in parts]

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from faregate import processes
-from faregate.callstream import CallServer, CallStream
+from faregate.callstream import CallServer, CallStream, Replica
 from faregate.errors import FaregateError, InsufficientBalance, RateLimited, ServiceUnavailable
 from faregate.grpc import insecure_channel, start_server
 from faregate.pb.auth.v1 import auth_pb2 as pb
@@ -80,7 +80,8 @@ async def wired(request: pytest.FixtureRequest) -> AsyncIterator[Wired]:
     server, servicer = await serve(addr)
     channel = insecure_channel(addr)
     stub = auth_pb2_grpc.AuthServiceStub(channel)
-    w = Wired(addr, server, servicer, CallStream(stub.AuthenticateStream, pb.AuthenticateCall, lanes=request.param))
+    replicas = [Replica(channel, stub.AuthenticateStream) for _ in range(request.param)]
+    w = Wired(addr, server, servicer, CallStream(replicas, pb.AuthenticateCall))
     try:
         yield w
     finally:
@@ -150,5 +151,27 @@ async def test_closing_answers_the_calls_taken_in_and_ends_the_streams(wired: Wi
     wired.servicer.release.set()
     assert (await waiting).key_id == "held"
     await closing
-    # the streams ended; a new call opens a new one on the same server
-    assert (await wired.calls(pb.AuthenticateRequest(api_key="again"), 5)).key_id == "again"
+    # a stopping server takes no new calls: with no other replica, that is a 503
+    with pytest.raises(ServiceUnavailable):
+        await wired.calls(pb.AuthenticateRequest(api_key="late"), 5)
+
+
+async def test_a_stopping_replica_sends_new_calls_to_the_other() -> None:
+    addrs = [f"127.0.0.1:{processes.free_port()}" for _ in range(2)]
+    servers = [await serve(a) for a in addrs]
+    channels = [insecure_channel(a) for a in addrs]
+    calls = CallStream(
+        [Replica(ch, auth_pb2_grpc.AuthServiceStub(ch).AuthenticateStream) for ch in channels], pb.AuthenticateCall
+    )
+    try:
+        for i in range(4):  # a lane open on each replica
+            assert (await calls(pb.AuthenticateRequest(api_key=f"warm{i}"), 5)).key_id == f"warm{i}"
+        await servers[0][1].calls.close()  # the first replica is stopping (its gRPC server still up)
+        replies = await asyncio.gather(*(calls(pb.AuthenticateRequest(api_key=f"k{i}"), 5) for i in range(10)))
+        assert [r.key_id for r in replies] == [f"k{i}" for i in range(10)]
+    finally:
+        await calls.close()
+        for ch in channels:
+            await ch.close()
+        for server, _ in servers:
+            await server.stop(None)
