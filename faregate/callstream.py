@@ -3,10 +3,12 @@
 A unary grpc.aio call costs ~270–500 µs of CPU, client and server together; a message on a
 stream that is already open costs a fraction of that. The edge's calls on every request
 (auth's ``Authenticate``, billing's ``Reserve``, the router's ``Complete`` for an answer not
-streamed) are therefore also served as ``…Stream(stream Call) returns (stream Result)``:
-each message carries one call and a ``call_id``; the result carries the same id and either
-the response or a ``CallError`` holding the status and Faregate metadata a unary call would
-have ended with, so the caller rebuilds the very same FaregateError.
+streamed) are therefore also served as ``…Stream(stream Calls) returns (stream Results)``:
+each call carries a ``call_id``; its result carries the same id and either the response or
+a ``CallError`` holding the status and Faregate metadata a unary call would have ended
+with, so the caller rebuilds the very same FaregateError. Each side writes one message at
+a time, and what queued meanwhile goes in the next message together: under load one write
+(and one read on the other side) serves many calls.
 
 Server side, :class:`CallServer` turns a servicer's unary method into the stream handler:
 every call runs as its own task, so a slow call never holds up the others. Client side,
@@ -60,6 +62,7 @@ _DONE_WRITING = object()  # a draining lane's last message: half-close the strea
 # server took the stream in; one with an error says it is stopping: send no more here.
 SIGNAL_ID = 0
 NOT_STARTED = "fg-not-started"  # metadata of a call a stopping server refused unstarted
+MAX_BATCH = 256  # calls or results in one stream message
 
 
 def _not_started() -> calls_pb2.CallError:
@@ -88,12 +91,14 @@ class CallServer:
         self,
         unary: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
         result: Callable[..., Any],
+        results: Callable[..., Any],
     ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Any]]:
-        """The stream-stream method: ``result`` is the Result message class."""
+        """The stream-stream method: ``result`` is the Result message class, ``results`` the
+        message carrying several of them."""
         outboxes = self._outboxes
         all_closed = self._all_closed
 
-        async def serve(calls: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def serve(batches: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             outbox: asyncio.Queue[Any] = asyncio.Queue()
             running: set[asyncio.Task[None]] = set()
             stopping = self._closed
@@ -115,13 +120,14 @@ class CallServer:
 
             async def read() -> None:
                 with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-                    async for call in calls:
-                        if stopping:
-                            outbox.put_nowait(result(call_id=call.call_id, error=_not_started()))
-                            continue
-                        task = asyncio.create_task(one(call))
-                        running.add(task)
-                        task.add_done_callback(finished)
+                    async for batch in batches:
+                        for call in batch.calls:
+                            if stopping:
+                                outbox.put_nowait(result(call_id=call.call_id, error=_not_started()))
+                                continue
+                            task = asyncio.create_task(one(call))
+                            running.add(task)
+                            task.add_done_callback(finished)
                 if not running:
                     outbox.put_nowait(_END)
 
@@ -132,12 +138,23 @@ class CallServer:
             outboxes.add(outbox)
             all_closed.clear()
             try:
-                while (item := await outbox.get()) is not _END:
-                    if item is _CLOSE:
-                        stopping = True
-                        yield result(call_id=SIGNAL_ID, error=_not_started())
-                        continue
-                    yield item
+                ended = False
+                while not ended:
+                    # one message for every result that queued while the last one was written
+                    items = [await outbox.get()]
+                    while not outbox.empty() and len(items) < MAX_BATCH:
+                        items.append(outbox.get_nowait())
+                    answers = []
+                    for item in items:
+                        if item is _END:
+                            ended = True
+                        elif item is _CLOSE:
+                            stopping = True
+                            answers.append(result(call_id=SIGNAL_ID, error=_not_started()))
+                        else:
+                            answers.append(item)
+                    if answers:
+                        yield results(results=answers)
             finally:
                 reader.cancel()
                 for task in running:
@@ -169,8 +186,13 @@ class _Lane:
     """
 
     def __init__(
-        self, open_stream: Callable[[], Any], elsewhere: Callable[[list[_Waiting]], None], on_stop: Callable[[], None]
+        self,
+        open_stream: Callable[[], Any],
+        make_batch: Callable[..., Any],
+        elsewhere: Callable[[list[_Waiting]], None],
+        on_stop: Callable[[], None],
     ) -> None:
+        self._make_batch = make_batch
         self.outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.pending: dict[int, _Waiting] = {}
         self.alive = True  # takes new calls
@@ -187,9 +209,18 @@ class _Lane:
         self.outbox.put_nowait(waiting.message)
 
     async def _write(self) -> None:
+        """One message for every call that queued while the last one was being written."""
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            while (message := await self.outbox.get()) is not _DONE_WRITING:
-                await self.call.write(message)
+            done = False
+            while not done:
+                calls = [await self.outbox.get()]
+                while not self.outbox.empty() and len(calls) < MAX_BATCH:
+                    calls.append(self.outbox.get_nowait())
+                if any(c is _DONE_WRITING for c in calls):
+                    done = True
+                    calls = [c for c in calls if c is not _DONE_WRITING]
+                if calls:
+                    await self.call.write(self._make_batch(calls=calls))
             await self.call.done_writing()
 
     def _drain(self) -> None:
@@ -203,23 +234,9 @@ class _Lane:
     async def _read(self) -> None:
         failure: FaregateError | None = None
         try:
-            async for result in self.call:
-                if result.call_id == SIGNAL_ID:
-                    if result.HasField("error"):
-                        self._drain()
-                    else:
-                        self._ready = True
-                    continue
-                waiting = self.pending.pop(result.call_id, None)
-                if waiting is not None and not waiting.future.done():
-                    if not result.HasField("error"):
-                        waiting.future.set_result(result.response)
-                    elif NOT_STARTED in result.error.metadata:
-                        self._elsewhere([waiting])
-                    else:
-                        waiting.future.set_exception(error_from_call(result.error))
-                if self._draining and not self.pending:
-                    self.outbox.put_nowait(_DONE_WRITING)
+            async for batch in self.call:
+                for result in batch.results:
+                    self._answer(result)
         except grpc.aio.AioRpcError as exc:
             # the stream itself broke (a servicer's errors arrive as results): the peer went
             # away or restarted, whatever status the core reports (a killed peer often shows
@@ -241,6 +258,24 @@ class _Lane:
                     failure = from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE)
                 for waiting in left:
                     waiting.future.set_exception(failure)
+
+    def _answer(self, result: Any) -> None:
+        if result.call_id == SIGNAL_ID:
+            if result.HasField("error"):
+                self._drain()
+            else:
+                self._ready = True
+            return
+        waiting = self.pending.pop(result.call_id, None)
+        if waiting is not None and not waiting.future.done():
+            if not result.HasField("error"):
+                waiting.future.set_result(result.response)
+            elif NOT_STARTED in result.error.metadata:
+                self._elsewhere([waiting])
+            else:
+                waiting.future.set_exception(error_from_call(result.error))
+        if self._draining and not self.pending:
+            self.outbox.put_nowait(_DONE_WRITING)
 
     async def close(self) -> None:
         self.alive = False
@@ -278,14 +313,16 @@ class CallStream(Generic[Req, Resp]):
 
     One lane per replica (each on its own channel, so the lanes are spread evenly whatever
     order the replicas came up in), used in turn; a replica whose channel is failing is
-    skipped while another can take the call. ``make_call`` is the Call message class.
+    skipped while another can take the call. ``make_call`` is the Call message class,
+    ``make_batch`` the message carrying several calls.
     """
 
-    def __init__(self, replicas: list[Replica], make_call: Callable[..., Any]) -> None:
+    def __init__(self, replicas: list[Replica], make_call: Callable[..., Any], make_batch: Callable[..., Any]) -> None:
         if not replicas:
             raise ValueError("a call stream needs at least one replica")
         self._replicas = replicas
         self._make_call = make_call
+        self._make_batch = make_batch
         self._turn = itertools.cycle(range(len(replicas)))
         self._ids = itertools.count(1)
 
@@ -308,7 +345,7 @@ class CallStream(Generic[Req, Resp]):
         def stopping() -> None:
             replica.stopping_until = asyncio.get_running_loop().time() + STOPPING_AVOID_S
 
-        replica.lane = _Lane(replica.open_stream, lambda left: self._resend(left, replica), stopping)
+        replica.lane = _Lane(replica.open_stream, self._make_batch, lambda left: self._resend(left, replica), stopping)
         return replica.lane
 
     def _resend(self, left: list[_Waiting], stopping: Replica) -> None:

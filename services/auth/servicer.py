@@ -75,7 +75,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, auth: Authenticator) -> None:
         self._auth = auth
         self.calls = CallServer()
-        self._authenticate_stream = self.calls.handler(self.Authenticate, pb.AuthenticateResult)
+        self._authenticate_stream = self.calls.handler(self.Authenticate, pb.AuthenticateResult, pb.AuthenticateResults)
 
     async def Authenticate(
         self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext
@@ -86,8 +86,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return admission_message(admission, self._auth.slot_lease)
 
     async def AuthenticateStream(
-        self, request_iterator: AsyncIterator[pb.AuthenticateCall], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.AuthenticateResult]:
+        self, request_iterator: AsyncIterator[pb.AuthenticateCalls], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.AuthenticateResults]:
         """Authenticate calls on one long-lived stream (faregate/callstream.py)."""
         async for result in self._authenticate_stream(request_iterator, context):
             yield result

@@ -48,7 +48,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self._topups = topups
         self._stats = stats
         self.calls = CallServer()
-        self._reserve_stream = self.calls.handler(self.Reserve, pb.ReserveResult)
+        self._reserve_stream = self.calls.handler(self.Reserve, pb.ReserveResult, pb.ReserveResults)
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         funds = await self._wallets.funds(request.account_id)
@@ -62,8 +62,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         )
 
     async def ReserveStream(
-        self, request_iterator: AsyncIterator[pb.ReserveCall], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ReserveResult]:
+        self, request_iterator: AsyncIterator[pb.ReserveCalls], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ReserveResults]:
         """Reserve calls on one long-lived stream (faregate/callstream.py)."""
         async for result in self._reserve_stream(request_iterator, context):
             yield result

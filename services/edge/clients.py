@@ -58,14 +58,17 @@ class Clients:
             authenticate=CallStream(
                 [Replica(ch, auth_pb2_grpc.AuthServiceStub(ch).AuthenticateStream) for ch in replicas["auth"]],
                 auth_pb2.AuthenticateCall,
+                auth_pb2.AuthenticateCalls,
             ),
             reserve=CallStream(
                 [Replica(ch, billing_pb2_grpc.BillingServiceStub(ch).ReserveStream) for ch in replicas["billing"]],
                 billing_pb2.ReserveCall,
+                billing_pb2.ReserveCalls,
             ),
             complete=CallStream(
                 [Replica(ch, router_pb2_grpc.RouterServiceStub(ch).CompleteStream) for ch in replicas["router"]],
                 router_pb2.CompletionCall,
+                router_pb2.CompletionCalls,
             ),
             replica_channels=[ch for chs in replicas.values() for ch in chs if ch not in channels.values()],
         )

@@ -42,7 +42,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._catalog = catalog
         self._prices = prices
         self.calls = CallServer()
-        self._complete_stream = self.calls.handler(self.Complete, pb.CompletionResult)
+        self._complete_stream = self.calls.handler(self.Complete, pb.CompletionResult, pb.CompletionResults)
 
     async def ChatCompletion(
         self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
@@ -60,8 +60,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         raise UpstreamError("the router ended the call without an answer")
 
     async def CompleteStream(
-        self, request_iterator: AsyncIterator[pb.CompletionCall], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.CompletionResult]:
+        self, request_iterator: AsyncIterator[pb.CompletionCalls], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.CompletionResults]:
         """Complete calls on one long-lived stream (faregate/callstream.py)."""
         async for result in self._complete_stream(request_iterator, context):
             yield result

@@ -26,9 +26,10 @@ class Scripted(auth_pb2_grpc.AuthServiceServicer):
 
     def __init__(self) -> None:
         self.calls = CallServer()
-        self._stream = self.calls.handler(self.Authenticate, pb.AuthenticateResult)
+        self._stream = self.calls.handler(self.Authenticate, pb.AuthenticateResult, pb.AuthenticateResults)
         self.started = asyncio.Event()
         self.release = asyncio.Event()
+        self.messages: list[int] = []  # calls in each message received
 
     async def Authenticate(self, request: pb.AuthenticateRequest, context: object) -> pb.AuthenticateResponse:
         key = request.api_key
@@ -49,9 +50,14 @@ class Scripted(auth_pb2_grpc.AuthServiceServicer):
         return pb.AuthenticateResponse(key_id=key)
 
     async def AuthenticateStream(
-        self, request_iterator: AsyncIterator[pb.AuthenticateCall], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.AuthenticateResult]:
-        async for result in self._stream(request_iterator, context):
+        self, request_iterator: AsyncIterator[pb.AuthenticateCalls], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.AuthenticateResults]:
+        async def counted() -> AsyncIterator[pb.AuthenticateCalls]:
+            async for message in request_iterator:
+                self.messages.append(len(message.calls))
+                yield message
+
+        async for result in self._stream(counted(), context):
             yield result
 
 
@@ -81,7 +87,7 @@ async def wired(request: pytest.FixtureRequest) -> AsyncIterator[Wired]:
     channel = insecure_channel(addr)
     stub = auth_pb2_grpc.AuthServiceStub(channel)
     replicas = [Replica(channel, stub.AuthenticateStream) for _ in range(request.param)]
-    w = Wired(addr, server, servicer, CallStream(replicas, pb.AuthenticateCall))
+    w = Wired(addr, server, servicer, CallStream(replicas, pb.AuthenticateCall, pb.AuthenticateCalls))
     try:
         yield w
     finally:
@@ -95,6 +101,14 @@ async def test_each_caller_gets_its_own_answer_whatever_the_order(wired: Wired) 
     keys = [f"wait:{(40 - i) % 13}:{i}" for i in range(40)]
     replies = await asyncio.gather(*(wired.calls(pb.AuthenticateRequest(api_key=k), 5) for k in keys))
     assert [r.key_id for r in replies] == [str(i) for i in range(40)]
+
+
+async def test_calls_queued_together_travel_in_one_message_and_are_answered_each(wired: Wired) -> None:
+    keys = [f"batch{i}" for i in range(200)]
+    replies = await asyncio.gather(*(wired.calls(pb.AuthenticateRequest(api_key=k), 5) for k in keys))
+    assert [r.key_id for r in replies] == keys
+    assert sum(wired.servicer.messages) == 200
+    assert len(wired.servicer.messages) < 20  # queued while a message was written: sent together
 
 
 async def test_errors_arrive_as_the_error_the_servicer_raised(wired: Wired) -> None:
@@ -161,7 +175,9 @@ async def test_a_stopping_replica_sends_new_calls_to_the_other() -> None:
     servers = [await serve(a) for a in addrs]
     channels = [insecure_channel(a) for a in addrs]
     calls = CallStream(
-        [Replica(ch, auth_pb2_grpc.AuthServiceStub(ch).AuthenticateStream) for ch in channels], pb.AuthenticateCall
+        [Replica(ch, auth_pb2_grpc.AuthServiceStub(ch).AuthenticateStream) for ch in channels],
+        pb.AuthenticateCall,
+        pb.AuthenticateCalls,
     )
     try:
         for i in range(4):  # a lane open on each replica
