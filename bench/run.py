@@ -50,13 +50,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of the processes, and of their children that ended and were reaped (a worker
+    a supervisor restarted keeps counting through its parent's cutime and cstime)."""
     total = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue
-        total += int(fields[11]) + int(fields[12])
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return total / TICK
 
 
@@ -343,8 +345,9 @@ def slow_streams(target: dict[str, Any], n: int) -> dict[str, Any]:
         out = subprocess.run(argv, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(out.stdout)
     result["peak_rss_mb"] = round(rss.peak, 1)
-    # chunks spaced 100 ms apart, as a model streams them: the per-chunk cost without bursts
-    chunks = max(result["held"], 1) * SLOW_CHUNKS
+    # chunks spaced 100 ms apart, as a model streams them: the per-chunk cost without bursts,
+    # over every chunk the target relayed (streams cut short included)
+    chunks = max(result.get("chunks", result["held"] * SLOW_CHUNKS), 1)
     result["cpu_us_per_chunk"] = round((cpu_seconds(pids) - before) * 1e6 / chunks, 1)
     return result
 

@@ -27,13 +27,14 @@ async def run(url: str, key: str, n: int, model: str, ramp: float, deadline: flo
     outcomes: Counter[str] = Counter()
     open_now = 0
     peak_open = 0
+    chunks = 0  # data events received, held or not (the target relayed them all)
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=deadline, sock_connect=30)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def one(i: int) -> None:
-            nonlocal open_now, peak_open
+            nonlocal open_now, peak_open, chunks
             await asyncio.sleep(ramp * i / max(n, 1))
             try:
                 async with session.post(url, data=body, headers=headers) as resp:
@@ -47,6 +48,7 @@ async def run(url: str, key: str, n: int, model: str, ramp: float, deadline: flo
                         async for line in resp.content:
                             if line.strip():
                                 last = line.strip()
+                                chunks += last.startswith(b"data: {")
                             if b'"error"' in line:
                                 outcomes["error_event"] += 1
                                 return
@@ -64,6 +66,7 @@ async def run(url: str, key: str, n: int, model: str, ramp: float, deadline: flo
         "held": outcomes.get("held", 0),
         "outcomes": dict(outcomes),
         "peak_open": peak_open,
+        "chunks": chunks,
         "seconds": round(time.monotonic() - started, 1),
     }
 

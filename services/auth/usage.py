@@ -1,13 +1,15 @@
 """Tokens per day: auth learns what each key used from the usage stream, off the hot path.
 
 With Redis the counters are shared and survive restarts, so a durable consumer resumes where
-it stopped. Without Redis the counters live in this process, so each start replays today's
-records (an ephemeral consumer from UTC midnight) to rebuild them.
+it stopped, acknowledging each record once counted. Without Redis the counters live in this
+process, so each start replays today's records (an ephemeral consumer from UTC midnight) to
+rebuild them; a lost acknowledgement costs nothing there, so one acknowledges a whole batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 async def follow_usage(js: JetStreamContext, stream: UsageStream, auth: Authenticator, *, durable: bool) -> None:
     midnight = datetime.fromtimestamp(time.time() // 86_400 * 86_400, tz=UTC)
     config = ConsumerConfig(
-        ack_policy=AckPolicy.EXPLICIT,
+        ack_policy=AckPolicy.EXPLICIT if durable else AckPolicy.ALL,
         filter_subject=stream.subject,
         deliver_policy=DeliverPolicy.NEW if durable else DeliverPolicy.BY_START_TIME,
         opt_start_time=None if durable else midnight,
@@ -46,14 +48,14 @@ async def follow_usage(js: JetStreamContext, stream: UsageStream, auth: Authenti
             continue
         for msg in msgs:
             record = UsageRecord()
-            try:
+            with contextlib.suppress(DecodeError):  # a malformed record counts nothing
                 record.ParseFromString(msg.data)
-            except DecodeError:
+                await auth.record_tokens(
+                    record.key_id, record.prompt_tokens + record.completion_tokens, record.started_at_ms / 1000
+                )
+            if durable:
                 await msg.ack()
-                continue
-            await auth.record_tokens(
-                record.key_id, record.prompt_tokens + record.completion_tokens, record.started_at_ms / 1000
-            )
-            await msg.ack()
+        if msgs and not durable:
+            await msgs[-1].ack()  # AckPolicy.ALL: the whole batch
         if len(msgs) < 500:
             await asyncio.sleep(0.05)

@@ -129,6 +129,24 @@ def test_daily_request_limit(stack: Stack) -> None:
     assert codes == [200, 200, 429]
 
 
+def test_daily_token_limit_is_learned_from_the_usage_stream(stack: Stack) -> None:
+    """Auth counts a key's tokens from the UsageRecords on NATS (services/auth/usage.py):
+    once the day's tokens reach the limit, the next request is refused."""
+    key = stack.create_key(stack.create_account(plan="basic"))
+    key_id = stack.http.get("/v1/keys", headers=auth(key)).json()["data"][0]["id"]
+    stack.admin("PATCH", f"/admin/keys/{key_id}", {"tokens_per_day": 30})
+
+    def send() -> httpx.Response:
+        return stack.http.post(
+            "/v1/chat/completions", json={"model": "faregate/echo", "messages": LONG}, headers=auth(key)
+        )
+
+    first = send()
+    assert first.status_code == 200 and first.json()["usage"]["total_tokens"] > 30
+    refused = wait_for(lambda: (r := send()).status_code == 429 and r, what="the daily token limit")
+    assert refused.json()["error"]["code"] == "daily_tokens_exceeded"
+
+
 def test_concurrency_ceiling_and_slots_come_back(stack: Stack, fake_upstream) -> None:
     acc = stack.create_account(plan="basic", credit_usd=5)
     key = stack.create_key(acc)
