@@ -105,7 +105,11 @@ class Launcher:
     log_dir: Path | None = None
     procs: list[Proc] = field(default_factory=list)
 
-    def spawn(self, name: str, argv: list[str], extra_env: Mapping[str, str] | None = None) -> Proc:
+    def spawn(
+        self, name: str, argv: list[str], extra_env: Mapping[str, str] | None = None, *, own_session: bool = False
+    ) -> Proc:
+        """``own_session``: out of the terminal's process group, so a Ctrl-C reaches it only
+        through :meth:`stop_all` (NATS must outlive the services that drain into it)."""
         out = None
         log_path = None
         if self.log_dir is not None:
@@ -117,7 +121,7 @@ class Launcher:
             env={**self.env, **(extra_env or {})},
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
-            start_new_session=False,
+            start_new_session=own_session,
         )
         if out is not None:
             out.close()
@@ -145,21 +149,30 @@ class Launcher:
                 "-l",
                 str(store_dir / "nats-server.log"),
             ],
+            own_session=True,
         )
         url = f"nats://127.0.0.1:{port}"
         wait_tcp("127.0.0.1", port, proc)
         return proc, url
 
     def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.alive():
-                proc.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in reversed(self.procs):
-            try:
-                proc.popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        """Stop the services first and NATS last: a service stopping still publishes and acks,
+        and with NATS gone first its client would only log failed reconnects."""
+        services = [p for p in reversed(self.procs) if p.name != "nats"]
+        _stop_together(services)
+        _stop_together([p for p in self.procs if p.name == "nats"])
+
+
+def _stop_together(procs: list[Proc], timeout: float = 10.0) -> None:
+    for proc in procs:
+        if proc.alive():
+            proc.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def wait_tcp(host: str, port: int, proc: Proc | None = None, timeout: float = 30.0) -> None:

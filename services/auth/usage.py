@@ -37,25 +37,30 @@ async def follow_usage(js: JetStreamContext, stream: UsageStream, auth: Authenti
     sub = await js.pull_subscribe(
         stream.subject, durable="auth-tokens" if durable else None, stream=stream.name, config=config
     )
-    while True:
-        try:
-            msgs = await sub.fetch(500, timeout=1.0)
-        except TimeoutError:
-            continue
-        except Exception as exc:
-            log.warning("usage fetch failed (%s); retrying", exc)
-            await asyncio.sleep(0.5)
-            continue
-        for msg in msgs:
-            record = UsageRecord()
-            with contextlib.suppress(DecodeError):  # a malformed record counts nothing
-                record.ParseFromString(msg.data)
-                await auth.record_tokens(
-                    record.key_id, record.prompt_tokens + record.completion_tokens, record.started_at_ms / 1000
-                )
-            if durable:
-                await msg.ack()
-        if msgs and not durable:
-            await msgs[-1].ack()  # AckPolicy.ALL: the whole batch
-        if len(msgs) < 500:
-            await asyncio.sleep(0.05)
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(500, timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception as exc:
+                log.warning("usage fetch failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                record = UsageRecord()
+                with contextlib.suppress(DecodeError):  # a malformed record counts nothing
+                    record.ParseFromString(msg.data)
+                    await auth.record_tokens(
+                        record.key_id, record.prompt_tokens + record.completion_tokens, record.started_at_ms / 1000
+                    )
+                if durable:
+                    await msg.ack()
+            if msgs and not durable:
+                await msgs[-1].ack()  # AckPolicy.ALL: the whole batch
+            if len(msgs) < 500:
+                await asyncio.sleep(0.05)
+    finally:
+        # records fetched but not read would hold the connection's drain until its timeout
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -10,6 +10,7 @@ counted; nothing is dropped silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -80,20 +81,26 @@ class UsageConsumer:
             ),
         )
         self.stats.connected = True
-        while True:
-            try:
-                msgs = await sub.fetch(self._batch, timeout=1.0)
-            except TimeoutError:
-                continue
-            except Exception as exc:  # NATS restarting: wait and fetch again
-                self.stats.connected = False
-                log.warning("usage fetch failed (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-                continue
-            self.stats.connected = True
-            await self.handle(msgs)
-            if len(msgs) < self._batch:
-                await asyncio.sleep(self._max_wait)  # let the next batch fill: metering is off the client path
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(self._batch, timeout=1.0)
+                except TimeoutError:
+                    continue
+                except Exception as exc:  # NATS restarting: wait and fetch again
+                    self.stats.connected = False
+                    log.warning("usage fetch failed (%s); retrying", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                self.stats.connected = True
+                await self.handle(msgs)
+                if len(msgs) < self._batch:
+                    await asyncio.sleep(self._max_wait)  # let the next batch fill: metering is off the client path
+        finally:
+            # records fetched but not applied would hold the connection's drain until its
+            # timeout; unacknowledged, they are redelivered to the next run
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def handle(self, msgs: list[Msg]) -> None:
         records: list[UsageRecord] = []
