@@ -4,8 +4,8 @@ A unary grpc.aio call costs ~270–500 µs of CPU, client and server together; a
 stream that is already open costs a fraction of that. The edge's calls on every request
 (auth's ``Authenticate``, billing's ``Reserve``, the router's ``Complete`` for an answer not
 streamed) are therefore also served as ``…Stream(stream Calls) returns (stream Results)``:
-each call carries a ``call_id``; its result carries the same id and either the response or
-a ``CallError`` holding the status and Faregate metadata a unary call would have ended
+each call carries the unary method's request, serialized, and a ``call_id``; its result
+carries the same id and either the serialized response or a ``CallError`` holding the status and Faregate metadata a unary call would have ended
 with, so the caller rebuilds the very same FaregateError. Each side writes one message at
 a time, and what queued meanwhile goes in the next message together: under load one write
 (and one read on the other side) serves many calls.
@@ -29,14 +29,15 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from faregate.errors import FaregateError, from_metadata
 from faregate.pb.rpc.v1 import calls_pb2
 
 log = logging.getLogger(__name__)
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -89,23 +90,25 @@ class CallServer:
 
     def handler(
         self,
-        unary: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-        result: Callable[..., Any],
-        results: Callable[..., Any],
-    ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Any]]:
-        """The stream-stream method: ``result`` is the Result message class, ``results`` the
-        message carrying several of them."""
+        unary: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]],
+        request_type: type[Message],
+    ) -> Callable[[AsyncIterator[calls_pb2.Calls], grpc.aio.ServicerContext], AsyncIterator[calls_pb2.Results]]:
+        """The stream-stream method serving ``unary``, whose request is a ``request_type``."""
+        result = calls_pb2.Result
         outboxes = self._outboxes
         all_closed = self._all_closed
 
-        async def serve(batches: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def serve(
+            batches: AsyncIterator[calls_pb2.Calls], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[calls_pb2.Results]:
             outbox: asyncio.Queue[Any] = asyncio.Queue()
             running: set[asyncio.Task[None]] = set()
             stopping = self._closed
 
-            async def one(call: Any) -> None:
+            async def one(call: calls_pb2.Call) -> None:
                 try:
-                    answer = result(call_id=call.call_id, response=await unary(call.request, context))
+                    response = await unary(request_type.FromString(call.request), context)
+                    answer = result(call_id=call.call_id, response=response.SerializeToString())
                 except FaregateError as exc:
                     answer = result(call_id=call.call_id, error=call_error(exc))
                 except Exception:
@@ -154,7 +157,7 @@ class CallServer:
                         else:
                             answers.append(item)
                     if answers:
-                        yield results(results=answers)
+                        yield calls_pb2.Results(results=answers)
             finally:
                 reader.cancel()
                 for task in running:
@@ -188,11 +191,11 @@ class _Lane:
     def __init__(
         self,
         open_stream: Callable[[], Any],
-        make_batch: Callable[..., Any],
+        response_type: type[Message],
         elsewhere: Callable[[list[_Waiting]], None],
         on_stop: Callable[[], None],
     ) -> None:
-        self._make_batch = make_batch
+        self._response_type = response_type
         self.outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.pending: dict[int, _Waiting] = {}
         self.alive = True  # takes new calls
@@ -220,7 +223,7 @@ class _Lane:
                     done = True
                     calls = [c for c in calls if c is not _DONE_WRITING]
                 if calls:
-                    await self.call.write(self._make_batch(calls=calls))
+                    await self.call.write(calls_pb2.Calls(calls=calls))
             await self.call.done_writing()
 
     def _drain(self) -> None:
@@ -269,7 +272,7 @@ class _Lane:
         waiting = self.pending.pop(result.call_id, None)
         if waiting is not None and not waiting.future.done():
             if not result.HasField("error"):
-                waiting.future.set_result(result.response)
+                waiting.future.set_result(self._response_type.FromString(result.response))
             elif NOT_STARTED in result.error.metadata:
                 self._elsewhere([waiting])
             else:
@@ -313,16 +316,15 @@ class CallStream(Generic[Req, Resp]):
 
     One lane per replica (each on its own channel, so the lanes are spread evenly whatever
     order the replicas came up in), used in turn; a replica whose channel is failing is
-    skipped while another can take the call. ``make_call`` is the Call message class,
-    ``make_batch`` the message carrying several calls.
+    skipped while another can take the call. ``response_type`` is the unary method's
+    response message.
     """
 
-    def __init__(self, replicas: list[Replica], make_call: Callable[..., Any], make_batch: Callable[..., Any]) -> None:
+    def __init__(self, replicas: list[Replica], response_type: type[Resp]) -> None:
         if not replicas:
             raise ValueError("a call stream needs at least one replica")
         self._replicas = replicas
-        self._make_call = make_call
-        self._make_batch = make_batch
+        self._response_type = response_type
         self._turn = itertools.cycle(range(len(replicas)))
         self._ids = itertools.count(1)
 
@@ -345,7 +347,9 @@ class CallStream(Generic[Req, Resp]):
         def stopping() -> None:
             replica.stopping_until = asyncio.get_running_loop().time() + STOPPING_AVOID_S
 
-        replica.lane = _Lane(replica.open_stream, self._make_batch, lambda left: self._resend(left, replica), stopping)
+        replica.lane = _Lane(
+            replica.open_stream, self._response_type, lambda left: self._resend(left, replica), stopping
+        )
         return replica.lane
 
     def _resend(self, left: list[_Waiting], stopping: Replica) -> None:
@@ -361,7 +365,8 @@ class CallStream(Generic[Req, Resp]):
         call_id = next(self._ids)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Resp] = loop.create_future()
-        self._lane().send(_Waiting(call_id, self._make_call(call_id=call_id, request=request), future))
+        call = calls_pb2.Call(call_id=call_id, request=request.SerializeToString())
+        self._lane().send(_Waiting(call_id, call, future))
         expiry = loop.call_later(timeout, _expire, future)
         try:
             return await future

@@ -9,6 +9,7 @@ import grpc
 from faregate.callstream import CallServer
 from faregate.pb.auth.v1 import auth_pb2 as pb
 from faregate.pb.auth.v1 import auth_pb2_grpc
+from faregate.pb.rpc.v1 import calls_pb2
 from services.auth.admission import Admission, Authenticator, Routing
 from services.auth.limits import GUEST_MAX_TOKENS
 from services.auth.storage import LIMIT_COLUMNS, AccountRow, KeyRow, now_ms
@@ -75,7 +76,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, auth: Authenticator) -> None:
         self._auth = auth
         self.calls = CallServer()
-        self._authenticate_stream = self.calls.handler(self.Authenticate, pb.AuthenticateResult, pb.AuthenticateResults)
+        self._authenticate_stream = self.calls.handler(self.Authenticate, pb.AuthenticateRequest)
 
     async def Authenticate(
         self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext
@@ -86,8 +87,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return admission_message(admission, self._auth.slot_lease)
 
     async def AuthenticateStream(
-        self, request_iterator: AsyncIterator[pb.AuthenticateCalls], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.AuthenticateResults]:
+        self, request_iterator: AsyncIterator[calls_pb2.Calls], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[calls_pb2.Results]:
         """Authenticate calls on one long-lived stream (faregate/callstream.py)."""
         async for result in self._authenticate_stream(request_iterator, context):
             yield result

@@ -9,6 +9,7 @@ import grpc
 from faregate.callstream import CallServer
 from faregate.pb.billing.v1 import billing_pb2 as pb
 from faregate.pb.billing.v1 import billing_pb2_grpc
+from faregate.pb.rpc.v1 import calls_pb2
 from services.billing.consumer import ConsumerStats
 from services.billing.ledger import Ledger, WalletView
 from services.billing.topups import TopUps
@@ -48,7 +49,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self._topups = topups
         self._stats = stats
         self.calls = CallServer()
-        self._reserve_stream = self.calls.handler(self.Reserve, pb.ReserveResult, pb.ReserveResults)
+        self._reserve_stream = self.calls.handler(self.Reserve, pb.ReserveRequest)
 
     async def GetWallet(self, request: pb.GetWalletRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         funds = await self._wallets.funds(request.account_id)
@@ -62,8 +63,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         )
 
     async def ReserveStream(
-        self, request_iterator: AsyncIterator[pb.ReserveCalls], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ReserveResults]:
+        self, request_iterator: AsyncIterator[calls_pb2.Calls], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[calls_pb2.Results]:
         """Reserve calls on one long-lived stream (faregate/callstream.py)."""
         async for result in self._reserve_stream(request_iterator, context):
             yield result

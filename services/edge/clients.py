@@ -57,18 +57,15 @@ class Clients:
             channels=channels,
             authenticate=CallStream(
                 [Replica(ch, auth_pb2_grpc.AuthServiceStub(ch).AuthenticateStream) for ch in replicas["auth"]],
-                auth_pb2.AuthenticateCall,
-                auth_pb2.AuthenticateCalls,
+                auth_pb2.AuthenticateResponse,
             ),
             reserve=CallStream(
                 [Replica(ch, billing_pb2_grpc.BillingServiceStub(ch).ReserveStream) for ch in replicas["billing"]],
-                billing_pb2.ReserveCall,
-                billing_pb2.ReserveCalls,
+                billing_pb2.Wallet,
             ),
             complete=CallStream(
                 [Replica(ch, router_pb2_grpc.RouterServiceStub(ch).CompleteStream) for ch in replicas["router"]],
-                router_pb2.CompletionCall,
-                router_pb2.CompletionCalls,
+                router_pb2.CompletionChunk,
             ),
             replica_channels=[ch for chs in replicas.values() for ch in chs if ch not in channels.values()],
         )

@@ -12,6 +12,7 @@ from faregate.callstream import CallServer
 from faregate.errors import InvalidRequest, NotFound, UpstreamError
 from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.pb.router.v1 import router_pb2_grpc
+from faregate.pb.rpc.v1 import calls_pb2
 from services.router.autoroute import CATEGORIES
 from services.router.catalog import Catalog, Model
 from services.router.pricing import PriceBook
@@ -42,7 +43,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._catalog = catalog
         self._prices = prices
         self.calls = CallServer()
-        self._complete_stream = self.calls.handler(self.Complete, pb.CompletionResult, pb.CompletionResults)
+        self._complete_stream = self.calls.handler(self.Complete, pb.CompletionRequest)
 
     async def ChatCompletion(
         self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
@@ -60,8 +61,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         raise UpstreamError("the router ended the call without an answer")
 
     async def CompleteStream(
-        self, request_iterator: AsyncIterator[pb.CompletionCalls], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.CompletionResults]:
+        self, request_iterator: AsyncIterator[calls_pb2.Calls], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[calls_pb2.Results]:
         """Complete calls on one long-lived stream (faregate/callstream.py)."""
         async for result in self._complete_stream(request_iterator, context):
             yield result

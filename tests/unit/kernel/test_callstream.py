@@ -19,6 +19,7 @@ from faregate.errors import FaregateError, InsufficientBalance, RateLimited, Ser
 from faregate.grpc import insecure_channel, start_server
 from faregate.pb.auth.v1 import auth_pb2 as pb
 from faregate.pb.auth.v1 import auth_pb2_grpc
+from faregate.pb.rpc.v1 import calls_pb2
 
 
 class Scripted(auth_pb2_grpc.AuthServiceServicer):
@@ -26,7 +27,7 @@ class Scripted(auth_pb2_grpc.AuthServiceServicer):
 
     def __init__(self) -> None:
         self.calls = CallServer()
-        self._stream = self.calls.handler(self.Authenticate, pb.AuthenticateResult, pb.AuthenticateResults)
+        self._stream = self.calls.handler(self.Authenticate, pb.AuthenticateRequest)
         self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.messages: list[int] = []  # calls in each message received
@@ -50,9 +51,9 @@ class Scripted(auth_pb2_grpc.AuthServiceServicer):
         return pb.AuthenticateResponse(key_id=key)
 
     async def AuthenticateStream(
-        self, request_iterator: AsyncIterator[pb.AuthenticateCalls], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.AuthenticateResults]:
-        async def counted() -> AsyncIterator[pb.AuthenticateCalls]:
+        self, request_iterator: AsyncIterator[calls_pb2.Calls], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[calls_pb2.Results]:
+        async def counted() -> AsyncIterator[calls_pb2.Calls]:
             async for message in request_iterator:
                 self.messages.append(len(message.calls))
                 yield message
@@ -87,7 +88,7 @@ async def wired(request: pytest.FixtureRequest) -> AsyncIterator[Wired]:
     channel = insecure_channel(addr)
     stub = auth_pb2_grpc.AuthServiceStub(channel)
     replicas = [Replica(channel, stub.AuthenticateStream) for _ in range(request.param)]
-    w = Wired(addr, server, servicer, CallStream(replicas, pb.AuthenticateCall, pb.AuthenticateCalls))
+    w = Wired(addr, server, servicer, CallStream(replicas, pb.AuthenticateResponse))
     try:
         yield w
     finally:
@@ -176,8 +177,7 @@ async def test_a_stopping_replica_sends_new_calls_to_the_other() -> None:
     channels = [insecure_channel(a) for a in addrs]
     calls = CallStream(
         [Replica(ch, auth_pb2_grpc.AuthServiceStub(ch).AuthenticateStream) for ch in channels],
-        pb.AuthenticateCall,
-        pb.AuthenticateCalls,
+        pb.AuthenticateResponse,
     )
     try:
         for i in range(4):  # a lane open on each replica
