@@ -5,10 +5,11 @@ stream that is already open costs a fraction of that. The edge's calls on every 
 (auth's ``Authenticate``, billing's ``Reserve``, the router's ``Complete`` for an answer not
 streamed) are therefore also served as ``…Stream(stream Calls) returns (stream Results)``:
 each call carries the unary method's request, serialized, and a ``call_id``; its result
-carries the same id and either the serialized response or a ``CallError`` holding the status and Faregate metadata a unary call would have ended
-with, so the caller rebuilds the very same FaregateError. Each side writes one message at
-a time, and what queued meanwhile goes in the next message together: under load one write
-(and one read on the other side) serves many calls.
+carries the same id and either the serialized response or a ``CallError`` holding the
+status and Faregate metadata a unary call would have ended with, so the caller rebuilds the
+very same FaregateError. Each side writes one message at a time, and what queued meanwhile
+goes in the next message together: under load one write (and one read on the other side)
+serves many calls.
 
 Server side, :class:`CallServer` turns a servicer's unary method into the stream handler:
 every call runs as its own task, so a slow call never holds up the others. Client side,

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -52,6 +54,43 @@ class UsageStream:
             max_age=30 * 24 * 3600,
             duplicate_window=DUPLICATE_WINDOW_S,
         )
+
+
+async def pull_batches(
+    sub: JetStreamContext.PullSubscription,
+    size: int,
+    *,
+    fill_wait: float,
+    reached: Callable[[bool], None] | None = None,
+) -> AsyncGenerator[list[Msg], None]:
+    """Batches of up to ``size`` messages from a pull subscription, for ever: a fetch that
+    times out is tried again, one that fails (NATS restarting) after 0.5 s, and after a short
+    batch ``fill_wait`` lets the next one fill (consumers are off the client's path).
+    ``reached`` is told whether each fetch reached NATS.
+
+    Close it (``contextlib.aclosing``) when the consumer stops: the subscription is dropped,
+    for records fetched but not handled would hold the connection's drain until its timeout
+    (unacknowledged, they are redelivered)."""
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(size, timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception as exc:
+                if reached is not None:
+                    reached(False)
+                log.warning("usage fetch failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if reached is not None:
+                reached(True)
+            yield msgs
+            if len(msgs) < size:
+                await asyncio.sleep(fill_wait)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 async def connect(url: str, *, name: str, attempts: int = 60, **options: Any) -> NATS:

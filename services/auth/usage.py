@@ -8,7 +8,6 @@ rebuild them; a lost acknowledgement costs nothing there, so one acknowledges a 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -18,7 +17,7 @@ from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from faregate.events import UsageStream
+from faregate.events import UsageStream, pull_batches
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.auth.admission import Authenticator
 
@@ -37,16 +36,8 @@ async def follow_usage(js: JetStreamContext, stream: UsageStream, auth: Authenti
     sub = await js.pull_subscribe(
         stream.subject, durable="auth-tokens" if durable else None, stream=stream.name, config=config
     )
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(500, timeout=1.0)
-            except TimeoutError:
-                continue
-            except Exception as exc:
-                log.warning("usage fetch failed (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-                continue
+    async with contextlib.aclosing(pull_batches(sub, 500, fill_wait=0.05)) as batches:
+        async for msgs in batches:
             for msg in msgs:
                 record = UsageRecord()
                 with contextlib.suppress(DecodeError):  # a malformed record counts nothing
@@ -58,9 +49,3 @@ async def follow_usage(js: JetStreamContext, stream: UsageStream, auth: Authenti
                     await msg.ack()
             if msgs and not durable:
                 await msgs[-1].ack()  # AckPolicy.ALL: the whole batch
-            if len(msgs) < 500:
-                await asyncio.sleep(0.05)
-    finally:
-        # records fetched but not read would hold the connection's drain until its timeout
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()

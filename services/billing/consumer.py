@@ -9,7 +9,6 @@ counted; nothing is dropped silently.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from faregate.events import UsageStream
+from faregate.events import UsageStream, pull_batches
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.billing.ledger import Ledger
 from services.billing.storage import USAGE_STRING_LIMITS
@@ -81,26 +80,13 @@ class UsageConsumer:
             ),
         )
         self.stats.connected = True
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(self._batch, timeout=1.0)
-                except TimeoutError:
-                    continue
-                except Exception as exc:  # NATS restarting: wait and fetch again
-                    self.stats.connected = False
-                    log.warning("usage fetch failed (%s); retrying", exc)
-                    await asyncio.sleep(0.5)
-                    continue
-                self.stats.connected = True
+        batches = pull_batches(sub, self._batch, fill_wait=self._max_wait, reached=self._reached)
+        async with contextlib.aclosing(batches):
+            async for msgs in batches:
                 await self.handle(msgs)
-                if len(msgs) < self._batch:
-                    await asyncio.sleep(self._max_wait)  # let the next batch fill: metering is off the client path
-        finally:
-            # records fetched but not applied would hold the connection's drain until its
-            # timeout; unacknowledged, they are redelivered to the next run
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+
+    def _reached(self, ok: bool) -> None:
+        self.stats.connected = ok
 
     async def handle(self, msgs: list[Msg]) -> None:
         records: list[UsageRecord] = []

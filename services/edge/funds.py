@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
-import orjson
 
 from faregate.events import CATALOG_CHANGED
 from faregate.money import token_cost, usd_to_micros
@@ -116,18 +115,11 @@ class Funds:
 
         await self._nc.subscribe(CATALOG_CHANGED, cb=changed)
 
-    def worst_case(self, raw: bytes) -> int:
-        """The most the request could cost in micro-USD (0: free, unknown model or unparsable —
-        the router answers those without an upstream bill). With a ``models`` fallback list or
+    def worst_case(self, body: object, size: int) -> int:
+        """The most the request could cost in micro-USD, from its parsed body (``None`` if it
+        did not parse) and its size in bytes (0: free, unknown model or unparsable — the
+        router answers those without an upstream bill). With a ``models`` fallback list or
         ``auto``, the dearest model it may end on."""
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return 0
-        return self.worst_case_of(body, len(raw))
-
-    def worst_case_of(self, body: object, size: int) -> int:
-        """``worst_case`` of a body already parsed, ``size`` bytes long."""
         if not isinstance(body, dict):
             return 0
         fallbacks = body.get("models")

@@ -59,7 +59,7 @@ async def _admitted(
         body = None
     streamed = not isinstance(body, dict) or body.get("stream") not in (None, False)
     key = bearer(request)
-    amount = ctx.funds.worst_case_of(body, len(raw)) if key.startswith("gw_live_") else 0
+    amount = ctx.funds.worst_case(body, len(raw)) if key.startswith("gw_live_") else 0
     admitted, hold = await admit(ctx, key, ctx.client_ip(request), request_id, amount)
     return ctx, request_id, raw, streamed, admitted, hold, Slot(ctx, admitted)
 
