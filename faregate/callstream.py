@@ -11,8 +11,15 @@ very same FaregateError. Each side writes one message at a time, and what queued
 goes in the next message together: under load one write (and one read on the other side)
 serves many calls.
 
-Server side, :class:`CallServer` turns a servicer's unary method into the stream handler:
-every call runs as its own task, so a slow call never holds up the others. Client side,
+A server-streaming method travels the same way (ADR 10): each response it yields is a
+result marked ``more``, and a last result (empty, or an error) ends the call. Chunks of many
+streamed calls share a message, which is where a relayed chunk's cost goes. Each streamed
+call has its own window: the server sends at most ``WINDOW`` results its caller has not read,
+and the caller grants more (``credit``) as it reads, or stops the call (``cancel``).
+
+Server side, :class:`CallServer` turns a servicer's unary or server-streaming method into
+the stream handler: every call runs as its own task, so a slow call never holds up the
+others. Client side,
 :class:`CallStream` keeps one *lane* (stream) open per replica, each on its own channel,
 and spreads calls across them, skipping a replica whose channel is failing. A lane that
 ends or breaks fails its calls in flight as ``UNAVAILABLE`` would (503, try again) and is
@@ -23,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -65,6 +74,7 @@ _DONE_WRITING = object()  # a draining lane's last message: half-close the strea
 SIGNAL_ID = 0
 NOT_STARTED = "fg-not-started"  # metadata of a call a stopping server refused unstarted
 MAX_BATCH = 256  # calls or results in one stream message
+WINDOW = 64  # results of one streamed call the server may send before its caller reads them
 
 
 def _not_started() -> calls_pb2.CallError:
@@ -96,29 +106,66 @@ class CallServer:
     ) -> Callable[[AsyncIterator[calls_pb2.Calls], grpc.aio.ServicerContext], AsyncIterator[calls_pb2.Results]]:
         """The stream-stream method serving ``unary``, whose request is a ``request_type``."""
         result = calls_pb2.Result
+
+        async def one(call: calls_pb2.Call, context: grpc.aio.ServicerContext, out: _Out) -> None:
+            try:
+                response = await unary(request_type.FromString(call.request), context)
+                answer = result(call_id=call.call_id, response=response.SerializeToString())
+            except FaregateError as exc:
+                answer = result(call_id=call.call_id, error=call_error(exc))
+            except Exception:
+                log.exception("unhandled error in a streamed call")
+                answer = result(call_id=call.call_id, error=_internal())
+            out.put(answer)
+
+        return self._serve(one)
+
+    def streaming_handler(
+        self,
+        method: Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Message, None]],
+        request_type: type[Message],
+    ) -> Callable[[AsyncIterator[calls_pb2.Calls], grpc.aio.ServicerContext], AsyncIterator[calls_pb2.Results]]:
+        """The stream-stream method serving the server-streaming ``method`` (streamed calls)."""
+        result = calls_pb2.Result
+
+        async def one(call: calls_pb2.Call, context: grpc.aio.ServicerContext, out: _Out) -> None:
+            window = out.window(call.call_id)
+            call_id = call.call_id
+            try:
+                async with contextlib.aclosing(method(request_type.FromString(call.request), context)) as responses:
+                    async for response in responses:
+                        await window.take()
+                        out.put(result(call_id=call_id, response=response.SerializeToString(), more=True))
+                answer = result(call_id=call_id)
+            except FaregateError as exc:
+                answer = result(call_id=call_id, error=call_error(exc))
+            except Exception:
+                log.exception("unhandled error in a streamed call")
+                answer = result(call_id=call_id, error=_internal())
+            finally:
+                out.windows.pop(call_id, None)
+            out.put(answer)
+
+        return self._serve(one)
+
+    def _serve(
+        self, one: Callable[[calls_pb2.Call, grpc.aio.ServicerContext, _Out], Coroutine[Any, Any, None]]
+    ) -> Callable[[AsyncIterator[calls_pb2.Calls], grpc.aio.ServicerContext], AsyncIterator[calls_pb2.Results]]:
+        result = calls_pb2.Result
         outboxes = self._outboxes
         all_closed = self._all_closed
 
         async def serve(
             batches: AsyncIterator[calls_pb2.Calls], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[calls_pb2.Results]:
-            outbox: asyncio.Queue[Any] = asyncio.Queue()
-            running: set[asyncio.Task[None]] = set()
+            out = _Out()
+            outbox = out.queue
+            running: dict[int, asyncio.Task[None]] = {}
             stopping = self._closed
 
-            async def one(call: calls_pb2.Call) -> None:
-                try:
-                    response = await unary(request_type.FromString(call.request), context)
-                    answer = result(call_id=call.call_id, response=response.SerializeToString())
-                except FaregateError as exc:
-                    answer = result(call_id=call.call_id, error=call_error(exc))
-                except Exception:
-                    log.exception("unhandled error in a streamed call")
-                    answer = result(call_id=call.call_id, error=_internal())
-                outbox.put_nowait(answer)
-
-            def finished(task: asyncio.Task[None]) -> None:
-                running.discard(task)
+            def finished(call_id: int, task: asyncio.Task[None]) -> None:
+                if running.get(call_id) is task:
+                    del running[call_id]
                 if not running and reader.done():
                     outbox.put_nowait(_END)
 
@@ -126,12 +173,20 @@ class CallServer:
                 with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
                     async for batch in batches:
                         for call in batch.calls:
+                            if call.cancel or call.credit:  # about a streamed call already running
+                                if call.cancel:
+                                    task = running.get(call.call_id)
+                                    if task is not None:
+                                        task.cancel()
+                                else:
+                                    out.credit(call.call_id, call.credit)
+                                continue
                             if stopping:
                                 outbox.put_nowait(result(call_id=call.call_id, error=_not_started()))
                                 continue
-                            task = asyncio.create_task(one(call))
-                            running.add(task)
-                            task.add_done_callback(finished)
+                            task = asyncio.create_task(one(call, context, out))
+                            running[call.call_id] = task
+                            task.add_done_callback(functools.partial(finished, call.call_id))
                 if not running:
                     outbox.put_nowait(_END)
 
@@ -161,7 +216,7 @@ class CallServer:
                         yield calls_pb2.Results(results=answers)
             finally:
                 reader.cancel()
-                for task in running:
+                for task in running.values():
                     task.cancel()
                 outboxes.discard(outbox)
                 if not outboxes:
@@ -178,6 +233,49 @@ class CallServer:
             outbox.put_nowait(_CLOSE)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_closed.wait(), timeout)
+
+
+class _Window:
+    """How many more results a streamed call may send before its caller reads some."""
+
+    __slots__ = ("_waiter", "left")
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def take(self) -> None:
+        while self.left <= 0:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        self.left -= 1
+
+    def give(self, n: int) -> None:
+        self.left += n
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class _Out:
+    """A stream's outgoing side on the server: the results queued, and each streamed call's window."""
+
+    __slots__ = ("queue", "windows")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.windows: dict[int, _Window] = {}
+
+    def put(self, result: calls_pb2.Result) -> None:
+        self.queue.put_nowait(result)
+
+    def window(self, call_id: int) -> _Window:
+        window = self.windows[call_id] = _Window(WINDOW)
+        return window
+
+    def credit(self, call_id: int, n: int) -> None:
+        window = self.windows.get(call_id)
+        if window is not None:
+            window.give(n)
 
 
 class _Lane:
@@ -210,7 +308,18 @@ class _Lane:
 
     def send(self, waiting: _Waiting) -> None:
         self.pending[waiting.call_id] = waiting
+        if waiting.stream is not None:
+            waiting.stream.lane = self
         self.outbox.put_nowait(waiting.message)
+
+    def control(self, message: calls_pb2.Call, forget: bool = False) -> None:
+        """A streamed call's credit or cancel; ``forget``: drop the call (it will not be read)."""
+        if forget:
+            self.pending.pop(message.call_id, None)
+            if self._draining and not self.pending:
+                self.outbox.put_nowait(_DONE_WRITING)
+        if self.alive or self.pending:
+            self.outbox.put_nowait(message)
 
     async def _write(self) -> None:
         """One message for every call that queued while the last one was being written."""
@@ -252,7 +361,7 @@ class _Lane:
         finally:
             self.alive = False
             self.writer.cancel()
-            left = [w for w in self.pending.values() if not w.future.done()]
+            left = [w for w in self.pending.values() if not w.done()]
             self.pending.clear()
             if failure is not None and not self._ready:  # the replica is down: nothing was delivered
                 self._on_stop()
@@ -261,7 +370,7 @@ class _Lane:
                 if failure is None:
                     failure = from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE)
                 for waiting in left:
-                    waiting.future.set_exception(failure)
+                    waiting.fail(failure)
 
     def _answer(self, result: Any) -> None:
         if result.call_id == SIGNAL_ID:
@@ -270,14 +379,22 @@ class _Lane:
             else:
                 self._ready = True
             return
+        if result.more:  # a streamed call's response: the call goes on
+            waiting = self.pending.get(result.call_id)
+            if waiting is not None and waiting.stream is not None:
+                waiting.stream.push(result.response)
+            return
         waiting = self.pending.pop(result.call_id, None)
-        if waiting is not None and not waiting.future.done():
+        if waiting is not None and not waiting.done():
             if not result.HasField("error"):
-                waiting.future.set_result(self._response_type.FromString(result.response))
+                if waiting.stream is not None:
+                    waiting.stream.end(None)
+                elif waiting.future is not None:
+                    waiting.future.set_result(self._response_type.FromString(result.response))
             elif NOT_STARTED in result.error.metadata:
                 self._elsewhere([waiting])
             else:
-                waiting.future.set_exception(error_from_call(result.error))
+                waiting.fail(error_from_call(result.error))
         if self._draining and not self.pending:
             self.outbox.put_nowait(_DONE_WRITING)
 
@@ -292,10 +409,88 @@ class _Lane:
 
 @dataclass
 class _Waiting:
+    """A call sent and not yet answered: a unary call's future, or a streamed call's results."""
+
     call_id: int
     message: Any
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None
     resent: bool = False
+    stream: StreamedCall[Any] | None = None
+
+    def done(self) -> bool:
+        if self.stream is not None:
+            return self.stream.ended
+        assert self.future is not None
+        return self.future.done()
+
+    def fail(self, error: FaregateError) -> None:
+        if self.stream is not None:
+            self.stream.end(error)
+        elif self.future is not None and not self.future.done():
+            self.future.set_exception(error)
+
+
+class StreamedCall(Generic[Resp]):
+    """The responses of one streamed call, read in order: ``await read()`` until it returns
+    None (the end); the call's error, if it failed, is raised by the read that reaches it.
+    ``close()`` stops a call not read to its end (the server cancels it)."""
+
+    def __init__(self, call_id: int, response_type: type[Resp]) -> None:
+        self.call_id = call_id
+        self._response_type = response_type
+        self._items: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: FaregateError | None = None
+        self._read = 0  # results read since the last credit
+        self.ended = False  # the last result arrived (or the lane failed)
+        self._closed = False
+        self.lane: _Lane | None = None
+
+    # the lane's side
+    def push(self, data: bytes) -> None:
+        self._items.append(data)
+        self._wake()
+
+    def end(self, error: FaregateError | None) -> None:
+        if not self.ended:
+            self.ended, self._error = True, error
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # the reader's side
+    async def read(self, timeout: float | None = None) -> Resp | None:
+        """The next response, None at the end; ``timeout`` bounds the wait (then a 503)."""
+        while not self._items:
+            if self.ended:
+                if self._error is not None:
+                    raise self._error
+                return None
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            expiry = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if expiry is not None:
+                    expiry.cancel()
+        data = self._items.popleft()
+        self._read += 1
+        if self._read >= WINDOW // 2 and not self.ended and self.lane is not None:
+            self.lane.control(calls_pb2.Call(call_id=self.call_id, credit=self._read))
+            self._read = 0
+        return self._response_type.FromString(data)
+
+    def close(self) -> None:
+        """Stop the call if it has not ended (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            if not self.ended and self.lane is not None:
+                self.ended = True
+                self.lane.control(calls_pb2.Call(call_id=self.call_id, cancel=True), forget=True)
 
 
 STOPPING_AVOID_S = 2.0
@@ -357,7 +552,7 @@ class CallStream(Generic[Req, Resp]):
         """Calls a replica never started (stopping or down): once more, on another's lane."""
         for waiting in left:
             if waiting.resent:
-                waiting.future.set_exception(from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE))
+                waiting.fail(from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE))
             else:
                 waiting.resent = True
                 self._lane(avoid=stopping).send(waiting)
@@ -373,6 +568,14 @@ class CallStream(Generic[Req, Resp]):
             return await future
         finally:
             expiry.cancel()
+
+    def stream(self, request: Req) -> StreamedCall[Resp]:
+        """Start a streamed call (the server side is ``CallServer.streaming_handler``)."""
+        call_id = next(self._ids)
+        streamed: StreamedCall[Resp] = StreamedCall(call_id, self._response_type)
+        call = calls_pb2.Call(call_id=call_id, request=request.SerializeToString())
+        self._lane().send(_Waiting(call_id, call, None, stream=streamed))
+        return streamed
 
     async def close(self) -> None:
         for replica in self._replicas:

@@ -32,6 +32,7 @@ class Clients:
     authenticate: CallStream[auth_pb2.AuthenticateRequest, auth_pb2.AuthenticateResponse]
     reserve: CallStream[billing_pb2.ReserveRequest, billing_pb2.Wallet]
     complete: CallStream[router_pb2.CompletionRequest, router_pb2.CompletionChunk]
+    chat: CallStream[router_pb2.CompletionRequest, router_pb2.CompletionChunk]  # streamed (ADR 10)
     replica_channels: list[grpc.aio.Channel]
 
     @classmethod
@@ -67,6 +68,10 @@ class Clients:
                 [Replica(ch, router_pb2_grpc.RouterServiceStub(ch).CompleteStream) for ch in replicas["router"]],
                 router_pb2.CompletionChunk,
             ),
+            chat=CallStream(
+                [Replica(ch, router_pb2_grpc.RouterServiceStub(ch).ChatCompletionStream) for ch in replicas["router"]],
+                router_pb2.CompletionChunk,
+            ),
             replica_channels=[ch for chs in replicas.values() for ch in chs if ch not in channels.values()],
         )
 
@@ -77,6 +82,7 @@ class Clients:
         await self.authenticate.close()
         await self.reserve.close()
         await self.complete.close()
+        await self.chat.close()
         for ch in [*self.channels.values(), *self.replica_channels]:
             await ch.close()
 

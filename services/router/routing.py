@@ -14,11 +14,10 @@ usage sink (never the text), priced at the model's prices when the request start
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -223,9 +222,9 @@ class ChatRouter:
 
     async def _open_stream(
         self, provider: Provider, attempt: Attempt, body: dict[str, Any], include_usage: bool
-    ) -> tuple[AsyncGenerator[bytes, None], bytes, Usage]:
+    ) -> tuple[AsyncGenerator[list[bytes], None], list[bytes], Usage]:
         usage = Usage()  # per attempt: a failed attempt's partial counts are not ours
-        chunks = provider.chat_stream(attempt.route.model, body, usage, include_usage=include_usage)
+        chunks = provider.chat_batches(attempt.route.model, body, usage, include_usage=include_usage)
         try:
             async with asyncio.timeout(self._first_token_timeout):
                 first = await anext(chunks)
@@ -265,7 +264,9 @@ class ChatRouter:
             yield pb.CompletionChunk(start=_start(attempt, False), data=completion.body)
             return
 
-        async def open_stream(provider: Provider, attempt: Attempt) -> tuple[AsyncGenerator[bytes, None], bytes, Usage]:
+        async def open_stream(
+            provider: Provider, attempt: Attempt
+        ) -> tuple[AsyncGenerator[list[bytes], None], list[bytes], Usage]:
             return await self._open_stream(provider, attempt, body, include_usage)
 
         attempt, (chunks, first, usage) = await self._first_answer(attempts, open_stream)
@@ -273,10 +274,9 @@ class ChatRouter:
         record = _record(request, attempt, True, started)
         status = UsageRecord.STATUS_CLIENT_CANCELLED
         try:
-            yield pb.CompletionChunk(start=_start(attempt, True), data=first)
-            async with contextlib.aclosing(coalesced(chunks)) as batches:  # its pump stops before aclose below
-                async for batch in batches:
-                    yield pb.CompletionChunk(data=batch[0], more=batch[1:])
+            yield pb.CompletionChunk(start=_start(attempt, True), data=first[0], more=first[1:])
+            async for batch in chunks:  # what arrived together travels as one message (ADR 8)
+                yield pb.CompletionChunk(data=batch[0], more=batch[1:])
             status = UsageRecord.STATUS_OK
         except UpstreamError as exc:
             await self.breakers.failure(attempt.route.provider, exc.retry_after)
@@ -337,51 +337,6 @@ class ChatRouter:
         record.ttft_ms = math.ceil((first_at - started) * 1000) if first_at else 0
         record.status = status  # type: ignore[assignment]  # protobuf enums are ints
         self._sink(record)
-
-
-_END = object()
-MAX_BATCH = 64
-
-
-async def coalesced(chunks: AsyncIterator[bytes], depth: int = 256) -> AsyncGenerator[list[bytes], None]:
-    """The chunks, in lists of those that arrived together: one gRPC message per network read.
-
-    A pump task reads the upstream into a bounded queue; each list holds what was already
-    queued when the previous one was sent. Chunks a model emits one by one still travel one
-    per message (no waiting to fill a batch); bursts (a fast model, a slow reader) share a
-    message, which is where a relayed chunk's cost goes. Errors arrive in order.
-    """
-    queue: asyncio.Queue[object] = asyncio.Queue(depth)
-
-    async def pump() -> None:
-        try:
-            async for data in chunks:
-                await queue.put(data)
-            await queue.put(_END)
-        except Exception as exc:  # handed to the reader, in order
-            await queue.put(exc)
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            item = await queue.get()
-            batch: list[bytes] = []
-            while True:
-                if item is _END or isinstance(item, Exception):
-                    if batch:
-                        yield batch
-                    if isinstance(item, Exception):
-                        raise item
-                    return
-                batch.append(item)  # type: ignore[arg-type]
-                if queue.empty() or len(batch) == MAX_BATCH:
-                    break
-                item = queue.get_nowait()
-            yield batch
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
 
 def _task_from_body(body: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -44,10 +44,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._prices = prices
         self.calls = CallServer()
         self._complete_stream = self.calls.handler(self.Complete, pb.CompletionRequest)
+        self._chat_stream = self.calls.streaming_handler(self.ChatCompletion, pb.CompletionRequest)
 
     async def ChatCompletion(
         self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.CompletionChunk]:
+    ) -> AsyncGenerator[pb.CompletionChunk, None]:
         async for chunk in self._router.chat(request):
             yield chunk
 
@@ -65,6 +66,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[calls_pb2.Results]:
         """Complete calls on one long-lived stream (faregate/callstream.py)."""
         async for result in self._complete_stream(request_iterator, context):
+            yield result
+
+    async def ChatCompletionStream(
+        self, request_iterator: AsyncIterator[calls_pb2.Calls], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[calls_pb2.Results]:
+        """ChatCompletion calls on one long-lived stream, chunks of many calls together (ADR 10)."""
+        async for result in self._chat_stream(request_iterator, context):
             yield result
 
     async def Embeddings(self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext) -> pb.CompletionChunk:

@@ -3,7 +3,7 @@
 One admission round (auth, and billing for a priced live request), then one router call;
 the body is relayed as bytes (the router parses it), and the answer is relayed as bytes:
 whole for JSON (a message on the router's call stream, ADR 9), chunk by chunk for SSE (a
-server-streaming call). Mounted as a
+streamed call on the router's chat lane, ADR 10). Mounted as a
 plain Starlette route (services/edge/app.py): no dependency solving, no body model.
 """
 
@@ -19,8 +19,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from faregate.errors import PayloadTooLarge, UpstreamError
-from faregate.grpc import error_from_rpc
+from faregate.callstream import StreamedCall
+from faregate.errors import FaregateError, PayloadTooLarge, UpstreamError
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
 from faregate.pb.router.v1 import router_pb2
@@ -178,48 +178,49 @@ async def _complete(
 async def _answer(
     ctx: EdgeContext, request_id: str, admitted: auth_pb2.AuthenticateResponse, raw: bytes, slot: Slot
 ) -> Response:
-    call = ctx.clients.router.ChatCompletion(
-        router_pb2.CompletionRequest(
-            request_id=request_id,
-            caller=_caller(admitted),
-            body=raw,
-        )
+    """A streamed completion: a streamed call on the router's chat lane (ADR 10)."""
+    call = ctx.clients.chat.stream(
+        router_pb2.CompletionRequest(request_id=request_id, caller=_caller(admitted), body=raw)
     )
     headers = rate_limit_headers(admitted, request_id)
     try:
-        first = await call.read()
-    except grpc.aio.AioRpcError as exc:
-        raise error_from_rpc(exc) from None
-    if first is grpc.aio.EOF or not first.HasField("start"):
-        raise UpstreamError("the router ended the call without an answer")
+        first = await call.read(COMPLETION_TIMEOUT_S)
+        if first is None or not first.HasField("start"):
+            raise UpstreamError("the router ended the call without an answer")
+    except BaseException:
+        call.close()
+        raise
     if not first.start.stream:
+        call.close()
         slot.release()
         return Response(first.data, media_type="application/json", headers=headers)
     headers["Cache-Control"] = "no-cache"
     headers["X-Accel-Buffering"] = "no"
-    return StreamingResponse(relay(call, first.data, slot), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(relay(call, first, slot), media_type="text/event-stream", headers=headers)
 
 
-async def relay(call: grpc.aio.UnaryStreamCall, first: bytes, slot: Slot) -> AsyncIterator[bytes]:
+async def relay(
+    call: StreamedCall[router_pb2.CompletionChunk], first: router_pb2.CompletionChunk, slot: Slot
+) -> AsyncIterator[bytes]:
     """SSE out of router chunks; a failure after the first byte becomes an error event."""
     slot.keep_alive()
     try:
-        yield b"data: " + first + b"\n\n"
-        while (chunk := await call.read()) is not grpc.aio.EOF:
+        chunk: router_pb2.CompletionChunk | None = first
+        while chunk is not None:
             if chunk.HasField("error"):
                 err = chunk.error
                 yield _error_event(err.type, err.message, err.code or None)
                 return
-            if chunk.more:
-                yield b"".join(b"data: " + d + b"\n\n" for d in (chunk.data, *chunk.more))
+            if chunk.more:  # what arrived together goes out in one write (ADR 8)
+                yield b"".join([b"data: " + d + b"\n\n" for d in (chunk.data, *chunk.more)])
             else:
                 yield b"data: " + chunk.data + b"\n\n"
+            chunk = await call.read()
         yield _DONE
-    except grpc.aio.AioRpcError as exc:
-        failure = error_from_rpc(exc)
+    except FaregateError as failure:
         yield _error_event(failure.error_type, failure.message, failure.code)
     finally:
-        call.cancel()  # a client that went away stops the upstream call too
+        call.close()  # a client that went away stops the upstream call too
         slot.release()
 
 

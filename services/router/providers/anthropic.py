@@ -84,18 +84,26 @@ class AnthropicProvider(Provider):
             usage.completion_tokens = estimate_text(text + "".join(c["function"]["arguments"] for c in calls))
         return Completion(orjson.dumps(answer), usage)
 
-    async def chat_stream(
+    async def chat_batches(
         self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
-    ) -> AsyncGenerator[bytes, None]:
+    ) -> AsyncGenerator[list[bytes], None]:
         payload = {**to_messages_request(model, body, self.name), "stream": True}
         resp = await self._http.post(self._url, payload)
         chunks = _ChunkStream(self.name, model, int(self._clock()), usage, include_usage)
-        async with aclosing(self._http.lines(resp)) as lines:
-            async for line in lines:
-                if not line.startswith(b"data:"):
-                    continue  # event names (the data says its type too), blank separators, comments
-                for chunk in chunks.feed(line[5:].strip()):
-                    yield chunk
+        async with aclosing(self._http.events(resp)) as events:
+            async for batch in events:  # event names are skipped: the data says its type too
+                out: list[bytes] = []
+                try:
+                    for data in batch:
+                        out.extend(chunks.feed(data))
+                        if chunks.stopped:
+                            break
+                except UpstreamError:
+                    if out:  # the chunks before the error event still go out first
+                        yield out
+                    raise
+                if out:
+                    yield out
                 if chunks.stopped:
                     break
         if not chunks.stopped:

@@ -6,8 +6,10 @@ Adapters raise only Faregate errors (``UpstreamError``, ``UpstreamTimeout``,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,15 +38,26 @@ class Provider(ABC):
         """A whole (non-streaming) chat completion for the upstream model id ``model``."""
 
     @abstractmethod
-    def chat_stream(
+    def chat_batches(
         self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
-    ) -> AsyncGenerator[bytes, None]:
-        """The JSON payloads of a streamed completion's SSE events, without ``[DONE]``.
+    ) -> AsyncGenerator[list[bytes], None]:
+        """The JSON payloads of a streamed completion's SSE events, without ``[DONE]``, in
+        lists of those that arrived together (one list per network read: a burst travels on
+        as one message, ADR 8).
 
         The request is sent on the first ``__anext__``: an upstream that fails before its
         first chunk raises there. ``usage`` is filled as chunks arrive; the usage-only chunk
         is relayed only when the client asked for it (``include_usage``).
         """
+
+    async def chat_stream(
+        self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
+    ) -> AsyncGenerator[bytes, None]:
+        """The same payloads one by one."""
+        async with contextlib.aclosing(self.chat_batches(model, body, usage, include_usage=include_usage)) as batches:
+            async for batch in batches:
+                for data in batch:
+                    yield data
 
     async def embeddings(self, model: str, body: dict[str, Any]) -> Completion:
         """An embeddings response for the upstream model id ``model`` (input tokens only)."""
@@ -54,3 +67,48 @@ class Provider(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+
+_END = object()
+MAX_BATCH = 64
+
+
+async def coalesced(chunks: AsyncIterator[bytes], depth: int = 256) -> AsyncGenerator[list[bytes], None]:
+    """The chunks, in lists of those that arrived together, for a source that yields them
+    one by one.
+
+    A pump task reads the source into a bounded queue; each list holds what was already
+    queued when the previous one was taken. Chunks that come one by one still travel one
+    per list (no waiting to fill a batch). Errors arrive in order.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for data in chunks:
+                await queue.put(data)
+            await queue.put(_END)
+        except Exception as exc:  # handed to the reader, in order
+            await queue.put(exc)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            item = await queue.get()
+            batch: list[bytes] = []
+            while True:
+                if item is _END or isinstance(item, Exception):
+                    if batch:
+                        yield batch
+                    if isinstance(item, Exception):
+                        raise item
+                    return
+                batch.append(item)  # type: ignore[arg-type]
+                if queue.empty() or len(batch) == MAX_BATCH:
+                    break
+                item = queue.get_nowait()
+            yield batch
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

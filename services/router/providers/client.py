@@ -60,15 +60,32 @@ class UpstreamClient:
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"provider {self.name} answered invalid JSON") from exc
 
-    async def lines(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
-        """The stripped lines of a streamed answer; releases the response when closed.
+    async def events(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[list[bytes], None]:
+        """The data payloads of a streamed answer's SSE events, stripped, in lists of those
+        that arrived in the same network read; releases the response when closed.
 
-        Use it under ``contextlib.aclosing`` so the connection goes back to the pool as soon
-        as the caller stops reading.
+        One read of whatever is buffered, not one per line: a burst of events costs one
+        pass here and one message further on. Events without data (comments, keep-alives)
+        are skipped; an event's several ``data:`` lines are joined with newlines.
+        Use it under ``contextlib.aclosing``, so the connection goes back to the pool as soon as
+        the caller stops reading.
         """
+        buffer = b""
+        content = resp.content
         try:
-            async for raw in resp.content:
-                yield raw.strip()
+            while data := await content.readany():
+                buffer += data
+                if b"\r" in buffer:  # CRLF or CR line ends; a CR last may be half of a CRLF
+                    keep = buffer.endswith(b"\r")
+                    buffer = buffer[:-1] if keep else buffer
+                    buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep else b"")
+                *complete, buffer = buffer.split(b"\n\n")
+                batch = [p for p in map(_event_data, complete) if p is not None]
+                if batch:
+                    yield batch
+            last = _event_data(buffer.strip(b"\r\n"))  # an answer that ends without the blank line
+            if last is not None:
+                yield [last]
         except TimeoutError as exc:
             raise UpstreamTimeout(f"provider {self.name} stalled mid-stream") from exc
         except aiohttp.ClientError as exc:
@@ -92,6 +109,14 @@ class UpstreamClient:
             code=f"upstream_{resp.status}",
             retry_after=retry_after(resp.headers.get("Retry-After")),
         )
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """An SSE event's data (its ``data:`` lines joined), stripped; None if it has none."""
+    if event.startswith(b"data:") and b"\n" not in event:  # the usual event: one data line
+        return event[5:].strip()
+    parts = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(parts) if parts else None
 
 
 def retry_after(value: str | None) -> float | None:

@@ -51,9 +51,9 @@ class EchoProvider(Provider):
         }
         return Completion(orjson.dumps(doc), usage)
 
-    async def chat_stream(
+    async def chat_batches(
         self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
-    ) -> AsyncGenerator[bytes, None]:
+    ) -> AsyncGenerator[list[bytes], None]:
         words, prompt_tokens = self._answer(body)
         base = {
             "id": f"chatcmpl-echo-{time.time_ns()}",
@@ -69,14 +69,14 @@ class EchoProvider(Provider):
 
         usage.prompt_tokens = prompt_tokens
         usage.reported = True
-        yield chunk({"role": "assistant", "content": ""})
+        yield [chunk({"role": "assistant", "content": ""})]
         for i, word in enumerate(words):
             usage.completion_tokens += 1
             usage.chunks += 1
-            yield chunk({"content": word if i == 0 else " " + word})
-        yield chunk({}, "stop")
+            yield [chunk({"content": word if i == 0 else " " + word})]
+        yield [chunk({}, "stop")]
         if include_usage:
-            yield orjson.dumps({**base, "choices": [], "usage": _usage_json(usage)})
+            yield [orjson.dumps({**base, "choices": [], "usage": _usage_json(usage)})]
 
 
 def _usage_json(u: Usage) -> dict[str, int]:

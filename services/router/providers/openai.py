@@ -61,27 +61,30 @@ class OpenAIProvider(Provider):
             usage.prompt_tokens = sum(estimate_text(t) if isinstance(t, str) else len(t or []) for t in texts)
         return Completion(data, usage)
 
-    async def chat_stream(
+    async def chat_batches(
         self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
-    ) -> AsyncGenerator[bytes, None]:
+    ) -> AsyncGenerator[list[bytes], None]:
         payload = {**body, "model": model, "stream": True, "stream_options": {"include_usage": True}}
         resp = await self._http.post(self._url, payload)
         done = False
-        async with aclosing(self._http.lines(resp)) as lines:
-            async for line in lines:
-                if not line.startswith(b"data:"):
-                    continue  # blank separators, comments, event names
-                data = line[5:].strip()
-                if data == _DONE:
-                    done = True
+        async with aclosing(self._http.events(resp)) as events:
+            async for batch in events:
+                out = []
+                for data in batch:
+                    if data == _DONE:
+                        done = True
+                        break
+                    if b'"usage"' in data:
+                        kept = _take_usage(data, usage, include_usage)
+                        if kept is None:
+                            continue
+                        data = kept
+                    out.append(data)
+                usage.chunks += len(out)
+                if out:
+                    yield out
+                if done:
                     break
-                if b'"usage"' in data:
-                    kept = _take_usage(data, usage, include_usage)
-                    if kept is None:
-                        continue
-                    data = kept
-                usage.chunks += 1
-                yield data
         if not done:
             raise UpstreamError(f"provider {self.name} ended the stream early")
         if not usage.reported:

@@ -194,7 +194,7 @@ async def test_coalesced_groups_what_arrived_together_and_keeps_errors_in_order(
     import asyncio
 
     from faregate.errors import UpstreamError
-    from services.router.routing import coalesced
+    from services.router.providers.base import coalesced
 
     async def burst_then_trickle():
         for i in range(5):
