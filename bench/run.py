@@ -270,7 +270,7 @@ def main() -> int:
     try:
         upstream = bench.start_upstream(bench.upstream_port, ["--chunks", str(STREAM_CHUNKS)])
         streamer = bench.start_upstream(bench.stream_port, ["--chunks", str(STREAM_CHUNKS)])
-        bench.start_upstream(bench.slow_port, ["--chunks", str(SLOW_CHUNKS), "--interval", "0.1"])
+        slow_upstream = bench.start_upstream(bench.slow_port, ["--chunks", str(SLOW_CHUNKS), "--interval", "0.1"])
         print("the upstream alone, 64 in flight (it must not be the bottleneck) …", flush=True)
         alone = load(f"http://127.0.0.1:{bench.upstream_port}/v1/chat/completions", "x", 64, SECONDS)
         results["upstream_alone"] = {"rps": alone["rps"], "p50_ms": alone["p50_ms"]}
@@ -317,10 +317,18 @@ def main() -> int:
         results["ledger"] = check_ledger(work / "home" / "billing.db", served)
         print("profiling Faregate at 16 in flight (py-spy) …", flush=True)
         results["profile"] = profile_faregate(up, targets["faregate"], work)
-        for name, t in targets.items():
-            if name == "direct":
-                continue
-            levels = SLOW["faregate" if name == "faregate" else "litellm"]
+        # the floor first: the slow upstream and the generator alone hold the most streams asked of any target
+        slow_targets = {
+            "direct": {
+                "url": f"http://127.0.0.1:{bench.slow_port}/v1/chat/completions",
+                "key": "x",
+                "pids": lambda: [slow_upstream.pid],
+            },
+            **{name: t for name, t in targets.items() if name != "direct"},
+        }
+        for name, t in slow_targets.items():
+            kind = "faregate" if name in ("direct", "faregate") else "litellm"
+            levels = [max(SLOW[kind])] if name == "direct" else SLOW[kind]
             results["slow"][name] = []
             for n in levels:
                 print(f"{n} slow streams through {name} …", flush=True)
