@@ -74,7 +74,7 @@ _DONE_WRITING = object()  # a draining lane's last message: half-close the strea
 SIGNAL_ID = 0
 NOT_STARTED = "fg-not-started"  # metadata of a call a stopping server refused unstarted
 MAX_BATCH = 256  # calls or results in one stream message
-WINDOW = 64  # results of one streamed call the server may send before its caller reads them
+WINDOW = 16  # results of one streamed call the server may send before its caller reads them
 
 
 def _not_started() -> calls_pb2.CallError:

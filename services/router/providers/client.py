@@ -127,8 +127,15 @@ def retry_after(value: str | None) -> float | None:
         return None
 
 
+READ_BUFSIZE = 16 * 1024  # per upstream connection; aiohttp pauses reading past twice this
+
+
 def make_session(pool_size: int, connect_timeout: float, total_timeout: float) -> aiohttp.ClientSession:
+    """The router's one upstream session. Its read buffer is small (aiohttp's default is 64 KiB):
+    an answer is relayed as it arrives, so a router that lags behind thousands of streams
+    lets the upstreams wait (TCP flow control) instead of holding their bytes in memory."""
     return aiohttp.ClientSession(
+        read_bufsize=READ_BUFSIZE,
         connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size, keepalive_timeout=60),
         timeout=aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout),
         auto_decompress=True,
