@@ -134,7 +134,9 @@ class CallServer:
             try:
                 async with contextlib.aclosing(method(request_type.FromString(call.request), context)) as responses:
                     async for response in responses:
-                        await window.take()
+                        if window.left <= 0:
+                            await window.refilled()
+                        window.left -= 1
                         out.put(result(call_id=call_id, response=response.SerializeToString(), more=True))
                 answer = result(call_id=call_id)
             except FaregateError as exc:
@@ -244,11 +246,10 @@ class _Window:
         self.left = size
         self._waiter: asyncio.Future[None] | None = None
 
-    async def take(self) -> None:
+    async def refilled(self) -> None:
         while self.left <= 0:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        self.left -= 1
 
     def give(self, n: int) -> None:
         self.left += n

@@ -180,11 +180,18 @@ class UsagePublisher:
                 except Exception as exc:  # not connected: retried below
                     log.warning("usage publish for %s failed (%s); retrying", record.request_id, exc)
                     acks.append(None)
-            results = await asyncio.gather(
-                *(asyncio.wait_for(ack, ACK_TIMEOUT_S) if ack is not None else _failed() for ack in acks),
-                return_exceptions=True,
-            )
-            failed = [r for r, res in zip(pending, results, strict=True) if isinstance(res, BaseException)]
+            # one wait for the whole batch (not a wait_for task per record); acks still missing
+            # after it are given up (cancelled, which frees their publish slots) and retried
+            live = [ack for ack in acks if ack is not None]
+            if live:
+                _, late = await asyncio.wait(live, timeout=ACK_TIMEOUT_S)
+                for ack in late:
+                    ack.cancel()
+            failed = [
+                r
+                for r, ack in zip(pending, acks, strict=True)
+                if ack is None or ack.cancelled() or ack.exception() is not None
+            ]
             self.published += len(pending) - len(failed)
             pending = failed
             if pending:
@@ -192,6 +199,3 @@ class UsagePublisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-
-async def _failed() -> None:
-    raise ConnectionError("not published")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from faregate.settings import EdgeSettings, split_host_port
 from services.edge import errors
@@ -40,17 +43,47 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 
     app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
-    app.add_route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
-    app.add_route("/v1/embeddings", chat.embeddings, methods=["POST"])
     for module in (models, keys, billing, providers, admin, health, webhooks):
         app.include_router(module.router)
     return app
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class HotPath:
+    """The inference routes as bare ASGI in front of the FastAPI app (ADR 2): no middleware
+    stack or route matching on every request and every streamed write; a failure leaves
+    through the same error boundary (errors.failure_response). Everything else, the
+    lifespan included, is the app's."""
+
+    def __init__(self, app: ASGIApp, routes: Mapping[str, Endpoint]) -> None:
+        self._app = app
+        self._routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self._routes.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
+            await self._app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await endpoint(request)
+        except Exception as exc:
+            response = errors.failure_response(request, exc)
+        await response(scope, receive, send)
+
+
+def create_asgi(settings: EdgeSettings) -> HotPath:
+    """What uvicorn serves: the hot routes, then the FastAPI app."""
+    routes = {"/v1/chat/completions": chat.chat_completions, "/v1/embeddings": chat.embeddings}
+    return HotPath(create_app(settings), routes)
+
+
 async def serve(settings: EdgeSettings) -> None:
     host, port = split_host_port(settings.http_addr)
     config = uvicorn.Config(
-        create_app(settings),
+        create_asgi(settings),
         host=host,
         port=port,
         loop="none",

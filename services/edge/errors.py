@@ -31,12 +31,20 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(FaregateError)
-    async def faregate_error(request: Request, exc: FaregateError) -> Response:
+def failure_response(request: Request, exc: Exception) -> Response:
+    """The answer to a request that raised: its FaregateError, or (a bug) a bare 500."""
+    if isinstance(exc, FaregateError):
         if exc.status >= 500:
             log.warning("request %s failed: %s %s", _request_id(request), exc.error_type, exc.message)
         return error_response(exc, _request_id(request))
+    log.exception("unhandled error in request %s", _request_id(request), exc_info=exc)
+    return error_response(FaregateError("internal error"), _request_id(request))
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(FaregateError)
+    async def faregate_error(request: Request, exc: FaregateError) -> Response:
+        return failure_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -57,5 +65,4 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error in request %s", _request_id(request))
-        return error_response(FaregateError("internal error"), _request_id(request))
+        return failure_response(request, exc)

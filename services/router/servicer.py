@@ -44,7 +44,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._prices = prices
         self.calls = CallServer()
         self._complete_stream = self.calls.handler(self.Complete, pb.CompletionRequest)
-        self._chat_stream = self.calls.streaming_handler(self.ChatCompletion, pb.CompletionRequest)
+        self._chat_stream = self.calls.streaming_handler(lambda request, _: router.chat(request), pb.CompletionRequest)
 
     async def ChatCompletion(
         self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext

@@ -3,8 +3,9 @@
 One admission round (auth, and billing for a priced live request), then one router call;
 the body is relayed as bytes (the router parses it), and the answer is relayed as bytes:
 whole for JSON (a message on the router's call stream, ADR 9), chunk by chunk for SSE (a
-streamed call on the router's chat lane, ADR 10). Mounted as a
-plain Starlette route (services/edge/app.py): no dependency solving, no body model.
+streamed call on the router's chat lane, ADR 10). Served as bare
+ASGI in front of the FastAPI app (services/edge/app.py, ``HotPath``): no middleware stack,
+no dependency solving, no body model.
 """
 
 from __future__ import annotations
