@@ -203,6 +203,7 @@ class CallServer:
                 while not ended:
                     # one message for every result that queued while the last one was written
                     items = [await outbox.get()]
+                    await asyncio.sleep(0)  # let the calls woken in this round of the loop answer first
                     while not outbox.empty() and len(items) < MAX_BATCH:
                         items.append(outbox.get_nowait())
                     answers = []
@@ -328,6 +329,7 @@ class _Lane:
             done = False
             while not done:
                 calls = [await self.outbox.get()]
+                await asyncio.sleep(0)  # let the requests woken in this round of the loop queue theirs first
                 while not self.outbox.empty() and len(calls) < MAX_BATCH:
                     calls.append(self.outbox.get_nowait())
                 if any(c is _DONE_WRITING for c in calls):
