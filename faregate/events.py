@@ -198,4 +198,3 @@ class UsagePublisher:
                 log.warning("%d usage records not acknowledged by JetStream; retrying", len(pending))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     nats_url: str | None = None
     usage_stream: str = "FAREGATE_USAGE"
     usage_subject: str = "faregate.usage.v1"
+    # how long a usage consumer (billing's ledger, auth's token counter) lets a short batch
+    # fill: fewer, larger transactions and fetches; the ledger lags the answers by about this
+    usage_batch_wait: float = Field(default=0.25, ge=0)
     catalog_bucket: str = "FAREGATE_CATALOG"  # JetStream key-value bucket of admin price changes
     redis_url: str | None = None
     redis_prefix: str = "faregate:"
@@ -77,7 +80,6 @@ class BillingSettings(DatabaseSettings):
     # number of replicas), auto = memory on SQLite, database otherwise (ADR 7)
     holds: Literal["auto", "memory", "database"] = "auto"
     consumer_batch: int = 256
-    consumer_max_wait: float = 0.05  # seconds a fetch may wait to fill a batch
     consumer_ack_wait: float = Field(default=30.0, gt=0)  # unacked records (a crashed billing) come back after this
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None

@@ -46,7 +46,11 @@ async def serve(settings: AuthSettings) -> None:
         nc = await _follow_key_changes(settings.nats_url, auth)
         stream = events.UsageStream(settings.usage_stream, settings.usage_subject)
         await events.ensure_stream(nc.jetstream(), stream)
-        following = asyncio.create_task(follow_usage(nc.jetstream(), stream, auth, durable=bool(settings.redis_url)))
+        following = asyncio.create_task(
+            follow_usage(
+                nc.jetstream(), stream, auth, durable=bool(settings.redis_url), fill_wait=settings.usage_batch_wait
+            )
+        )
     addr = settings.bind_addr(settings.auth_addr)
     servicer = AuthServicer(auth)
     server, _ = await start_server(

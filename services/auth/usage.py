@@ -24,7 +24,9 @@ from services.auth.admission import Authenticator
 log = logging.getLogger(__name__)
 
 
-async def follow_usage(js: JetStreamContext, stream: UsageStream, auth: Authenticator, *, durable: bool) -> None:
+async def follow_usage(
+    js: JetStreamContext, stream: UsageStream, auth: Authenticator, *, durable: bool, fill_wait: float = 0.25
+) -> None:
     midnight = datetime.fromtimestamp(time.time() // 86_400 * 86_400, tz=UTC)
     config = ConsumerConfig(
         ack_policy=AckPolicy.EXPLICIT if durable else AckPolicy.ALL,
@@ -36,7 +38,7 @@ async def follow_usage(js: JetStreamContext, stream: UsageStream, auth: Authenti
     sub = await js.pull_subscribe(
         stream.subject, durable="auth-tokens" if durable else None, stream=stream.name, config=config
     )
-    async with contextlib.aclosing(pull_batches(sub, 500, fill_wait=0.05)) as batches:
+    async with contextlib.aclosing(pull_batches(sub, 500, fill_wait=fill_wait)) as batches:
         async for msgs in batches:
             for msg in msgs:
                 record = UsageRecord()

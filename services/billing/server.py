@@ -48,7 +48,7 @@ async def serve(settings: BillingSettings) -> None:
         stream,
         ledger,
         batch=settings.consumer_batch,
-        max_wait=settings.consumer_max_wait,
+        max_wait=settings.usage_batch_wait,
         ack_wait=settings.consumer_ack_wait,
         unknown_accounts=AccountDirectory(auth_pb2_grpc.AuthServiceStub(auth_channel)).unknown,
     )
