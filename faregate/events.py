@@ -123,9 +123,12 @@ async def ensure_stream(js: JetStreamContext, stream: UsageStream) -> None:
 class UsagePublisher:
     """Queues usage records and publishes them to JetStream in the background."""
 
-    def __init__(self, js: JetStreamContext, stream: UsageStream, *, max_in_flight: int = 1000) -> None:
+    def __init__(
+        self, js: JetStreamContext, stream: UsageStream, *, max_in_flight: int = 1000, linger: float = 0.05
+    ) -> None:
         self._js = js
         self._stream = stream
+        self._linger = linger  # after a record arrives, how long the next ones may join its batch
         self._queue: asyncio.Queue[UsageRecord] = asyncio.Queue()
         self._max_in_flight = max_in_flight
         self._task: asyncio.Task[None] | None = None
@@ -156,6 +159,8 @@ class UsagePublisher:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._linger:
+                await asyncio.sleep(self._linger)
             while len(batch) < self._max_in_flight and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._publish(batch)
