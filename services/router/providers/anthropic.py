@@ -88,7 +88,7 @@ class AnthropicProvider(Provider):
         self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
     ) -> AsyncGenerator[list[bytes], None]:
         payload = {**to_messages_request(model, body, self.name), "stream": True}
-        resp = await self._http.post(self._url, payload)
+        resp = await self._http.post(self._url, payload, stream=True)
         chunks = _ChunkStream(self.name, model, int(self._clock()), usage, include_usage)
         async with aclosing(self._http.events(resp)) as events:
             async for batch in events:  # event names are skipped: the data says its type too

@@ -32,10 +32,20 @@ class UpstreamClient:
         self._session = session
         self._headers = {"Content-Type": "application/json", **headers}
 
-    async def post(self, url: str, payload: dict[str, Any]) -> aiohttp.ClientResponse:
-        """An answered POST (status < 300); the caller reads and releases the response."""
+    async def post(self, url: str, payload: dict[str, Any], *, stream: bool = False) -> aiohttp.ClientResponse:
+        """An answered POST (status < 300); the caller reads and releases the response.
+
+        A ``stream`` reads with a small buffer (STREAM_READ_BUFSIZE): its events are relayed
+        as they arrive, so a router lagging behind thousands of streams lets the upstreams
+        wait (TCP flow control) instead of holding their bytes; whole answers keep
+        aiohttp's 64 KiB."""
         try:
-            resp = await self._session.post(url, data=orjson.dumps(payload), headers=self._headers)
+            resp = await self._session.post(
+                url,
+                data=orjson.dumps(payload),
+                headers=self._headers,
+                read_bufsize=STREAM_READ_BUFSIZE if stream else None,
+            )
         except TimeoutError as exc:
             raise UpstreamTimeout(f"provider {self.name} timed out") from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -127,15 +137,11 @@ def retry_after(value: str | None) -> float | None:
         return None
 
 
-READ_BUFSIZE = 16 * 1024  # per upstream connection; aiohttp pauses reading past twice this
+STREAM_READ_BUFSIZE = 4 * 1024  # a streamed answer's; aiohttp pauses reading past twice this
 
 
 def make_session(pool_size: int, connect_timeout: float, total_timeout: float) -> aiohttp.ClientSession:
-    """The router's one upstream session. Its read buffer is small (aiohttp's default is 64 KiB):
-    an answer is relayed as it arrives, so a router that lags behind thousands of streams
-    lets the upstreams wait (TCP flow control) instead of holding their bytes in memory."""
     return aiohttp.ClientSession(
-        read_bufsize=READ_BUFSIZE,
         connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size, keepalive_timeout=60),
         timeout=aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout),
         auto_decompress=True,

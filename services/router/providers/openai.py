@@ -65,7 +65,7 @@ class OpenAIProvider(Provider):
         self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
     ) -> AsyncGenerator[list[bytes], None]:
         payload = {**body, "model": model, "stream": True, "stream_options": {"include_usage": True}}
-        resp = await self._http.post(self._url, payload)
+        resp = await self._http.post(self._url, payload, stream=True)
         done = False
         async with aclosing(self._http.events(resp)) as events:
             async for batch in events:
