@@ -62,8 +62,14 @@ def error_from_call(error: calls_pb2.CallError) -> FaregateError:
     )
 
 
-def _internal() -> calls_pb2.CallError:
-    return calls_pb2.CallError(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
+def _failed(call_id: int, exc: Exception) -> calls_pb2.Result:
+    """The result of a call that raised: its FaregateError, or (a bug, logged) a bare INTERNAL."""
+    if isinstance(exc, FaregateError):
+        return calls_pb2.Result(call_id=call_id, error=call_error(exc))
+    log.error("unhandled error in a streamed call", exc_info=exc)
+    return calls_pb2.Result(
+        call_id=call_id, error=calls_pb2.CallError(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
+    )
 
 
 _END = object()  # a stream's calls are all answered and its caller stopped sending
@@ -111,11 +117,8 @@ class CallServer:
             try:
                 response = await unary(request_type.FromString(call.request), context)
                 answer = result(call_id=call.call_id, response=response.SerializeToString())
-            except FaregateError as exc:
-                answer = result(call_id=call.call_id, error=call_error(exc))
-            except Exception:
-                log.exception("unhandled error in a streamed call")
-                answer = result(call_id=call.call_id, error=_internal())
+            except Exception as exc:
+                answer = _failed(call.call_id, exc)
             out.put(answer)
 
         return self._serve(one)
@@ -139,11 +142,8 @@ class CallServer:
                         window.left -= 1
                         out.put(result(call_id=call_id, response=response.SerializeToString(), more=True))
                 answer = result(call_id=call_id)
-            except FaregateError as exc:
-                answer = result(call_id=call_id, error=call_error(exc))
-            except Exception:
-                log.exception("unhandled error in a streamed call")
-                answer = result(call_id=call_id, error=_internal())
+            except Exception as exc:
+                answer = _failed(call_id, exc)
             finally:
                 out.windows.pop(call_id, None)
             out.put(answer)
@@ -175,20 +175,17 @@ class CallServer:
                 with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
                     async for batch in batches:
                         for call in batch.calls:
-                            if call.cancel or call.credit:  # about a streamed call already running
-                                if call.cancel:
-                                    task = running.get(call.call_id)
-                                    if task is not None:
-                                        task.cancel()
-                                else:
-                                    out.credit(call.call_id, call.credit)
-                                continue
-                            if stopping:
+                            if call.cancel:  # a streamed call whose caller went away
+                                if (task := running.get(call.call_id)) is not None:
+                                    task.cancel()
+                            elif call.credit:  # a streamed call's caller read some results
+                                out.credit(call.call_id, call.credit)
+                            elif stopping:
                                 outbox.put_nowait(result(call_id=call.call_id, error=_not_started()))
-                                continue
-                            task = asyncio.create_task(one(call, context, out))
-                            running[call.call_id] = task
-                            task.add_done_callback(functools.partial(finished, call.call_id))
+                            else:
+                                task = asyncio.create_task(one(call, context, out))
+                                running[call.call_id] = task
+                                task.add_done_callback(functools.partial(finished, call.call_id))
                 if not running:
                     outbox.put_nowait(_END)
 

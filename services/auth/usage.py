@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 async def follow_usage(
-    js: JetStreamContext, stream: UsageStream, auth: Authenticator, *, durable: bool, fill_wait: float = 0.25
+    js: JetStreamContext, stream: UsageStream, auth: Authenticator, *, durable: bool, fill_wait: float
 ) -> None:
     midnight = datetime.fromtimestamp(time.time() // 86_400 * 86_400, tz=UTC)
     config = ConsumerConfig(

@@ -52,7 +52,7 @@ class UsageConsumer:
         ledger: Ledger,
         *,
         batch: int = 256,
-        max_wait: float = 0.05,
+        max_wait: float,  # FAREGATE_USAGE_BATCH_WAIT
         ack_wait: float = 30.0,
         unknown_accounts: UnknownAccounts = _all_known,
     ) -> None:

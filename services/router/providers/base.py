@@ -6,10 +6,9 @@ Adapters raise only Faregate errors (``UpstreamError``, ``UpstreamTimeout``,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,48 +66,3 @@ class Provider(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass
-
-
-_END = object()
-MAX_BATCH = 64
-
-
-async def coalesced(chunks: AsyncIterator[bytes], depth: int = 256) -> AsyncGenerator[list[bytes], None]:
-    """The chunks, in lists of those that arrived together, for a source that yields them
-    one by one.
-
-    A pump task reads the source into a bounded queue; each list holds what was already
-    queued when the previous one was taken. Chunks that come one by one still travel one
-    per list (no waiting to fill a batch). Errors arrive in order.
-    """
-    queue: asyncio.Queue[object] = asyncio.Queue(depth)
-
-    async def pump() -> None:
-        try:
-            async for data in chunks:
-                await queue.put(data)
-            await queue.put(_END)
-        except Exception as exc:  # handed to the reader, in order
-            await queue.put(exc)
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            item = await queue.get()
-            batch: list[bytes] = []
-            while True:
-                if item is _END or isinstance(item, Exception):
-                    if batch:
-                        yield batch
-                    if isinstance(item, Exception):
-                        raise item
-                    return
-                batch.append(item)  # type: ignore[arg-type]
-                if queue.empty() or len(batch) == MAX_BATCH:
-                    break
-                item = queue.get_nowait()
-            yield batch
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task

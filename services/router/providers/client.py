@@ -86,9 +86,8 @@ class UpstreamClient:
             while data := await content.readany():
                 buffer += data
                 if b"\r" in buffer:  # CRLF or CR line ends; a CR last may be half of a CRLF
-                    keep = buffer.endswith(b"\r")
-                    buffer = buffer[:-1] if keep else buffer
-                    buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep else b"")
+                    head, tail = (buffer[:-1], b"\r") if buffer.endswith(b"\r") else (buffer, b"")
+                    buffer = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
                 *complete, buffer = buffer.split(b"\n\n")
                 batch = [p for p in map(_event_data, complete) if p is not None]
                 if batch:

@@ -14,6 +14,7 @@ from services.router.catalog import Provider as ProviderConfig
 from services.router.providers.anthropic import AnthropicProvider
 from services.router.providers.base import Usage
 from services.router.providers.client import make_session
+from tests.fakes import http
 from tests.fakes.upstream import TOOL_ARGUMENTS
 from tests.openai_schema import validate
 
@@ -310,13 +311,9 @@ async def scripted() -> AsyncIterator[Callable[[Events], Awaitable[AnthropicProv
 
         app = web.Application()
         app.router.add_post("/v1/messages", messages)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner, base_url = await http.start(app)
         runners.append(runner)
-        port = runner.addresses[0][1]
-        return AnthropicProvider(config(f"http://127.0.0.1:{port}"), session)
+        return AnthropicProvider(config(base_url), session)
 
     yield start
     await session.close()

@@ -188,25 +188,3 @@ async def test_auto_router_skips_unhealthy_and_reads_the_task(multi: ChatRouter)
     # "model": "auto" routes the same way, the task hint leaving the body
     body = {"model": "auto", "task": "cheap bulk job", "messages": [{"role": "user", "content": "x"}]}
     assert (await multi.plan(body, _caller()))[0].model.id == "small" and "task" not in body
-
-
-async def test_coalesced_groups_what_arrived_together_and_keeps_errors_in_order() -> None:
-    import asyncio
-
-    from faregate.errors import UpstreamError
-    from services.router.providers.base import coalesced
-
-    async def burst_then_trickle():
-        for i in range(5):
-            yield f"b{i}".encode()  # a burst: no await between them
-        for i in range(3):
-            await asyncio.sleep(0.01)
-            yield f"t{i}".encode()
-        raise UpstreamError("dropped")
-
-    got = []
-    with pytest.raises(UpstreamError):
-        async for batch in coalesced(burst_then_trickle()):
-            got.append(batch)
-    assert got[0] == [b"b0", b"b1", b"b2", b"b3", b"b4"]
-    assert got[1:] == [[b"t0"], [b"t1"], [b"t2"]]  # spaced chunks are not held back to fill a batch

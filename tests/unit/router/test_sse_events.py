@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from services.router.providers.client import UpstreamClient, make_session
+from tests.fakes import http
 
 
 @pytest.fixture
@@ -28,12 +29,8 @@ async def sse() -> AsyncIterator[tuple[str, list[list[bytes]]]]:
 
     app = web.Application()
     app.router.add_post("/sse", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/sse", script
+    runner, base_url = await http.start(app)
+    yield f"{base_url}/sse", script
     await runner.cleanup()
 
 
