@@ -32,6 +32,9 @@ from services.auth.storage import AccountRow, AuthStore, KeyRow, now_ms
 
 log = logging.getLogger(__name__)
 
+GRANT_S = 1.0  # how long a grant's admissions may be spent at an edge (ADR 11)
+GRANT_MAX = 1_000  # admissions in one grant
+GRANT_SHARE = 8  # a grant holds at most 1/8 of a window's requests, half of the concurrency
 CACHE_TTL_S = 10.0  # default FAREGATE_KEY_CACHE_SECONDS: how stale a replica may be if a change message is lost
 GUEST_ACCOUNT = "acc_guest"
 BAD_KEYS_PER_IP_PER_MINUTE = 60
@@ -45,6 +48,16 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """Admissions counted for an edge in one step, to spend there until ``valid_ms`` ends."""
+
+    admissions: int
+    slot_ids: tuple[str, ...]
+    valid_ms: int
+    window: int  # the minute window they were counted in (Unix seconds)
+
+
+@dataclass(frozen=True)
 class Admission:
     account_id: str
     key_id: str
@@ -55,6 +68,7 @@ class Admission:
     guest: bool = False
     routing_mode: str = ""
     preferred_provider: str = ""
+    grant: Grant | None = None
 
     @property
     def billable(self) -> bool:
@@ -141,9 +155,11 @@ class Authenticator:
             raise AuthenticationFailed(f"API key is {status}", code=f"{status}_api_key")
         return key
 
-    async def admit(self, presented: str, client_ip: str = "") -> Admission:
+    async def admit(self, presented: str, client_ip: str = "", *, grant: int = 0, grant_slots: int = 0) -> Admission:
+        """Admit one request; with ``grant`` > 0, also count up to that many more admissions
+        (and up to ``grant_slots`` slots for them) for the edge to spend locally (ADR 11)."""
         if not presented:
-            slot, window = await self._decide(
+            slot, window, _ = await self._decide(
                 f"guest:{client_ip or 'unknown'}", GUEST_LIMITS, "conc:{guest}", guest=True
             )
             return Admission(GUEST_ACCOUNT, "guest", "test", "guest", window, slot, guest=True)
@@ -154,7 +170,7 @@ class Authenticator:
             tokens_per_day=key.tokens_per_day_limit,
             concurrency=key.concurrency_limit,
         )
-        slot, window = await self._decide(key.id, limits, _slot_bucket(key.id))
+        slot, window, granted = await self._decide(key.id, limits, _slot_bucket(key.id), grant, grant_slots)
         self._last_used[key.id] = now_ms()
         return Admission(
             key.account_id,
@@ -165,15 +181,28 @@ class Authenticator:
             slot,
             routing_mode=key.routing_mode or "",
             preferred_provider=key.preferred_provider or "",
+            grant=granted,
         )
 
     async def _decide(
-        self, subject: str, limits: Limits, slot_bucket: str, *, guest: bool = False
-    ) -> tuple[str, Window | None]:
+        self,
+        subject: str,
+        limits: Limits,
+        slot_bucket: str,
+        grant: int = 0,
+        grant_slots: int = 0,
+        *,
+        guest: bool = False,
+    ) -> tuple[str, Window | None, Grant | None]:
         """Every limit in one atomic step (one Redis round trip); nothing is counted if refused."""
         now = self._clock()
         slot = secrets.token_hex(8) if limits.concurrency is not None else ""
-        refused, rpm = await self._counters.admit(
+        grant = _grant_size(grant, limits)
+        extra: tuple[str, ...] = ()
+        if grant and limits.concurrency is not None:
+            wanted = min(grant_slots, grant, limits.concurrency // 2)
+            extra = tuple(f"{slot}.{i}" for i in range(wanted))
+        refused, rpm, granted, slots = await self._counters.admit(
             AdmitCheck(
                 subject,
                 limits.rpm,
@@ -184,6 +213,8 @@ class Authenticator:
                 slot,
                 self.slot_lease,
                 now,
+                grant,
+                extra,
             )
         )
         reset_at = int(now) - int(now) % 60 + 60
@@ -213,7 +244,18 @@ class Authenticator:
                 retry_after=1,
             )
         window = Window(limits.rpm, limits.rpm - rpm, reset_at) if limits.rpm is not None else None
-        return slot, window
+        valid_ms = int(min(GRANT_S, reset_at - now) * 1000)
+        if not granted or valid_ms <= 0:
+            return slot, window, None
+        return slot, window, Grant(granted, extra[:slots], valid_ms, reset_at - 60)
+
+    async def refund(self, key_id: str, unused: int, window: int) -> None:
+        """An ended grant's admissions that were never spent go back to their minute window
+        and day (an edge returns them; a window that has ended has nothing to give back)."""
+        if unused > 0 and key_id and key_id != "guest":
+            rpm, rpd, _, _ = AdmitCheck(key_id, None, None, None, None, "", "", 0, float(window)).buckets()
+            await self._counters.refund(rpm, unused)
+            await self._counters.refund(rpd, unused)
 
     def monthly_quota(self, plan: str) -> int | None:
         """The plan's tokens per UTC month (None: no quota). Billing counts what was used."""
@@ -356,6 +398,18 @@ class Authenticator:
     def forget_all(self) -> None:
         """Drop every cached key (after a gap in the change messages, e.g. a NATS reconnect)."""
         self._cache = {}
+
+
+def _grant_size(wanted: int, limits: Limits) -> int:
+    """What a grant may ask the counters for: never more than a share of a window's budget,
+    so one edge's unspent admissions cannot starve the others for long."""
+    size = min(max(wanted, 0), GRANT_MAX)
+    for limit in (limits.rpm, limits.requests_per_day):
+        if limit is not None:
+            size = min(size, limit // GRANT_SHARE)
+    if limits.concurrency is not None and limits.concurrency // 2 == 0:
+        return 0  # a key allowed one request at a time has no slots to spare
+    return size
 
 
 def _slot_bucket(key_id: str) -> str:

@@ -15,7 +15,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from faregate.errors import InvalidRequest
 
@@ -100,6 +100,10 @@ class AdmitCheck:
     slot: str
     lease: float
     now: float
+    # a grant (ADR 11): up to this many admissions more, and these slots more, when the
+    # limits leave room; counted in the same step as the request's own
+    grant: int = 0
+    grant_slots: tuple[str, ...] = ()
 
     def buckets(self) -> list[str]:
         # one hash tag per subject keeps every key of a decision in one Redis cluster slot
@@ -112,12 +116,20 @@ class AdmitCheck:
 REFUSED_BY = {1: "rpm", 2: "requests_per_day", 3: "tokens_per_day", 4: "concurrency"}
 
 
+class Decision(NamedTuple):
+    refused: str | None  # the limit that refused, or None
+    rpm: int  # the minute window's count after this decision
+    granted: int = 0  # admissions counted beyond the request's own
+    slots: int = 0  # how many of the grant's slots were taken (the first ones)
+
+
 class Counters(ABC):
     """Atomic counters and leases. Buckets are strings; every operation is one round trip."""
 
     @abstractmethod
-    async def admit(self, check: AdmitCheck) -> tuple[str | None, int]:
-        """All limits at once, all or nothing: (the limit that refused or None, RPM count)."""
+    async def admit(self, check: AdmitCheck) -> Decision:
+        """All limits at once, all or nothing for the request itself; a grant takes what
+        room is left, up to what it asks for."""
 
     @abstractmethod
     async def take(self, bucket: str, limit: int, ttl: int) -> int:
@@ -128,6 +140,10 @@ class Counters(ABC):
 
     @abstractmethod
     async def get(self, bucket: str) -> int: ...
+
+    @abstractmethod
+    async def refund(self, bucket: str, amount: int) -> None:
+        """Give back units counted but never used (a bucket that has expired stays gone)."""
 
     @abstractmethod
     async def acquire(self, bucket: str, slot: str, limit: int, lease: float, now: float) -> bool:
@@ -146,24 +162,43 @@ class Counters(ABC):
 class LocalCounters(Counters):
     """In-process counters: correct for a single auth replica."""
 
-    async def admit(self, check: AdmitCheck) -> tuple[str | None, int]:
+    async def admit(self, check: AdmitCheck) -> Decision:
         rpm_b, rpd_b, tpd_b, conc_b = check.buckets()
         rpm = self._live(rpm_b)
-        if check.rpm is not None and rpm >= check.rpm:
-            return "rpm", rpm
-        if check.requests_per_day is not None and self._live(rpd_b) >= check.requests_per_day:
-            return "requests_per_day", rpm
-        if check.tokens_per_day is not None and self._live(tpd_b) >= check.tokens_per_day:
-            return "tokens_per_day", rpm
-        if check.concurrency is not None and not await self.acquire(
-            conc_b, check.slot, check.concurrency, check.lease, check.now
-        ):
-            return "concurrency", rpm
+        n = 1 + max(check.grant, 0)
         if check.rpm is not None:
-            rpm = await self.take(rpm_b, check.rpm, 61)
+            if rpm >= check.rpm:
+                return Decision("rpm", rpm)
+            n = min(n, check.rpm - rpm)
         if check.requests_per_day is not None:
-            await self.take(rpd_b, check.requests_per_day, seconds_to_utc_midnight(check.now) + 60)
-        return None, rpm
+            today = self._live(rpd_b)
+            if today >= check.requests_per_day:
+                return Decision("requests_per_day", rpm)
+            n = min(n, check.requests_per_day - today)
+        if check.tokens_per_day is not None and self._live(tpd_b) >= check.tokens_per_day:
+            return Decision("tokens_per_day", rpm)
+        slots = 0
+        if check.concurrency is not None:
+            now = check.now
+            held = {s: exp for s, exp in self._slots.get(conc_b, {}).items() if exp > now}
+            self._slots[conc_b] = held
+            if len(held) >= check.concurrency:
+                return Decision("concurrency", rpm)
+            wanted = (check.slot, *check.grant_slots)[: check.concurrency - len(held)]
+            for slot in wanted:
+                held[slot] = now + check.lease
+            slots = len(wanted) - 1
+        if check.rpm is not None:
+            rpm = self._count(rpm_b, n, 61)
+        if check.requests_per_day is not None:
+            self._count(rpd_b, n, seconds_to_utc_midnight(check.now) + 60)
+        return Decision(None, rpm, n - 1, slots)
+
+    def _count(self, bucket: str, n: int, ttl: int) -> int:
+        count = self._live(bucket) + n
+        self._counts[bucket] = (count, self._counts.get(bucket, (0, self._clock() + ttl))[1])
+        self._sweep()
+        return count
 
     def __init__(self, clock: Any = time.time) -> None:
         self._clock = clock
@@ -198,6 +233,11 @@ class LocalCounters(Counters):
 
     async def get(self, bucket: str) -> int:
         return self._live(bucket)
+
+    async def refund(self, bucket: str, amount: int) -> None:
+        count = self._live(bucket)
+        if count:
+            self._counts[bucket] = (max(count - amount, 0), self._counts[bucket][1])
 
     async def acquire(self, bucket: str, slot: str, limit: int, lease: float, now: float) -> bool:
         slots = {s: exp for s, exp in self._slots.get(bucket, {}).items() if exp > now}
@@ -245,28 +285,47 @@ return 1
 
 
 _ADMIT = """
+local n = 1 + tonumber(ARGV[11])
 local rpm = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) >= 0 and rpm >= tonumber(ARGV[1]) then return {1, rpm} end
-if tonumber(ARGV[3]) >= 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then
-  return {2, rpm}
+if tonumber(ARGV[1]) >= 0 then
+  if rpm >= tonumber(ARGV[1]) then return {1, rpm, 0, 0} end
+  n = math.min(n, tonumber(ARGV[1]) - rpm)
+end
+if tonumber(ARGV[3]) >= 0 then
+  local today = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if today >= tonumber(ARGV[3]) then return {2, rpm, 0, 0} end
+  n = math.min(n, tonumber(ARGV[3]) - today)
 end
 if tonumber(ARGV[5]) >= 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(ARGV[5]) then
-  return {3, rpm}
+  return {3, rpm, 0, 0}
 end
+local slots = 0
 if tonumber(ARGV[6]) >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[7])
-  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[6]) then return {4, rpm} end
+  local free = tonumber(ARGV[6]) - redis.call('ZCARD', KEYS[4])
+  if free <= 0 then return {4, rpm, 0, 0} end
   redis.call('ZADD', KEYS[4], ARGV[8], ARGV[9])
+  for i = 12, #ARGV do
+    if slots + 1 >= free then break end
+    redis.call('ZADD', KEYS[4], ARGV[8], ARGV[i])
+    slots = slots + 1
+  end
   redis.call('EXPIRE', KEYS[4], ARGV[10])
 end
 if tonumber(ARGV[1]) >= 0 then
-  rpm = redis.call('INCR', KEYS[1])
-  if rpm == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+  rpm = redis.call('INCRBY', KEYS[1], n)
+  if rpm == n then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 end
 if tonumber(ARGV[3]) >= 0 then
-  if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+  if redis.call('INCRBY', KEYS[2], n) == n then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
 end
-return {0, rpm}
+return {0, rpm, n - 1, slots}
+"""
+
+_REFUND = """
+local c = tonumber(redis.call('GET', KEYS[1]) or '0')
+if c > 0 then redis.call('DECRBY', KEYS[1], math.min(c, tonumber(ARGV[1]))) end
+return 0
 """
 
 
@@ -284,9 +343,10 @@ class RedisCounters(Counters):
         self._add = redis.register_script(_ADD)
         self._acquire = redis.register_script(_ACQUIRE)
         self._admit = redis.register_script(_ADMIT)
+        self._refund = redis.register_script(_REFUND)
 
-    async def admit(self, check: AdmitCheck) -> tuple[str | None, int]:
-        code, rpm = await self._admit(
+    async def admit(self, check: AdmitCheck) -> Decision:
+        code, rpm, granted, slots = await self._admit(
             keys=[self._prefix + b for b in check.buckets()],
             args=[
                 _limit(check.rpm),
@@ -299,9 +359,11 @@ class RedisCounters(Counters):
                 check.now + check.lease,
                 check.slot,
                 int(check.lease) + 60,
+                max(check.grant, 0),
+                *check.grant_slots,
             ],
         )
-        return REFUSED_BY.get(int(code)), int(rpm)
+        return Decision(REFUSED_BY.get(int(code)), int(rpm), int(granted), int(slots))
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> RedisCounters:
@@ -318,6 +380,9 @@ class RedisCounters(Counters):
     async def get(self, bucket: str) -> int:
         value = await self._redis.get(self._prefix + bucket)
         return int(value or 0)
+
+    async def refund(self, bucket: str, amount: int) -> None:
+        await self._refund(keys=[self._prefix + bucket], args=[amount])
 
     async def acquire(self, bucket: str, slot: str, limit: int, lease: float, now: float) -> bool:
         ok = await self._acquire(keys=[self._prefix + bucket], args=[now, limit, now + lease, slot, int(lease) + 60])

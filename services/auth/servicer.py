@@ -55,6 +55,11 @@ def admission_message(a: Admission, lease: float) -> pb.AuthenticateResponse:
     if a.window is not None:
         w = a.window
         reply.rate_limit.CopyFrom(pb.RateLimit(limit=w.limit, remaining=w.remaining, reset_at=w.reset_at))
+    if a.grant is not None:
+        g = a.grant
+        reply.grant.CopyFrom(
+            pb.Grant(admissions=g.admissions, slot_ids=g.slot_ids, valid_ms=g.valid_ms, window=g.window)
+        )
     return reply
 
 
@@ -83,7 +88,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> pb.AuthenticateResponse:
         for slot in request.released:
             await self._auth.release(slot.key_id, slot.slot_id)
-        admission = await self._auth.admit(request.api_key, request.client_ip)
+        for returned in request.returned:
+            await self._auth.refund(returned.key_id, returned.unused, returned.window)
+        admission = await self._auth.admit(
+            request.api_key, request.client_ip, grant=request.grant_wanted, grant_slots=request.grant_slots_wanted
+        )
         return admission_message(admission, self._auth.slot_lease)
 
     async def AuthenticateStream(

@@ -14,7 +14,7 @@ from services.billing.consumer import ConsumerStats
 from services.billing.ledger import Ledger, WalletView
 from services.billing.topups import TopUps
 from services.billing.views import Views
-from services.billing.wallets import Wallets
+from services.billing.wallets import Spend, Wallets
 
 
 def wallet_message(w: WalletView, held: int = 0, month: tuple[int, int] = (0, 0)) -> pb.Wallet:
@@ -58,9 +58,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def Reserve(self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext) -> pb.Wallet:
         funds = await self._wallets.reserve(request.account_id, request.request_id, request.amount_micros)
-        return pb.Wallet(
+        reply = pb.Wallet(
             account_id=request.account_id, balance_micros=funds.balance_micros, held_micros=funds.held_micros
         )
+        grant = self._wallets.grant(request.account_id, request.grant_micros, request.amount_micros)
+        if grant is not None:
+            reply.grant.CopyFrom(pb.FundsGrant(id=grant.id, micros=grant.micros, valid_ms=grant.valid_ms))
+        return reply
 
     async def ReserveStream(
         self, request_iterator: AsyncIterator[calls_pb2.Calls], context: grpc.aio.ServicerContext
@@ -73,6 +77,11 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: pb.ReleaseHoldRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReleaseHoldResponse:
         await self._wallets.release(request.request_id)
+        return pb.ReleaseHoldResponse()
+
+    async def SettleGrants(self, request: pb.GrantSpends, context: grpc.aio.ServicerContext) -> pb.ReleaseHoldResponse:
+        spent = [Spend(s.grant_id, s.request_id, s.amount_micros) for s in request.spent]
+        self._wallets.settle_grants(spent, request.ended)
         return pb.ReleaseHoldResponse()
 
     async def ListRequests(

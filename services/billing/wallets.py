@@ -21,6 +21,7 @@ Two ways to keep holds (ADR 7):
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -38,6 +39,25 @@ from services.billing.storage import holds, wallets
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+GRANT_S = 1.0  # how long an edge may spend a funds grant (ADR 11)
+GRANT_GRACE_S = 30.0  # a grant its edge never ended (it crashed) is freed this much later
+GRANT_SHARE = 4  # a grant holds at most 1/4 of what is available above the threshold
+
+
+@dataclass(frozen=True)
+class FundsGrant:
+    id: str
+    micros: int
+    valid_ms: int
+
+
+@dataclass(frozen=True)
+class Spend:
+    grant_id: str
+    request_id: str
+    amount_micros: int
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,15 @@ class Wallets:
     def settled(self, records: Iterable[UsageRecord]) -> None:
         """The ledger applied these requests (their hold rows went in its transaction)."""
 
+    def grant(self, account_id: str, wanted_micros: int, smallest_micros: int) -> FundsGrant | None:
+        """Funds held for an edge to admit requests against locally (ADR 11), right after a
+        reservation for the same account. Only memory holds grant: database holds stay one
+        row per request, exact across billing replicas."""
+        return None
+
+    def settle_grants(self, spent: Iterable[Spend], ended: Iterable[str]) -> None:
+        """What an edge spent of its grants becomes one hold per request; ended grants go."""
+
     def forget(self, account_id: str) -> None:
         """The account's balance changed outside the usage path (a credit, a top-up)."""
 
@@ -166,6 +195,9 @@ class MemoryWallets(Wallets):
         self._held: defaultdict[str, int] = defaultdict(int)  # account → sum of its holds
         self._balances: dict[str, tuple[float, int]] = {}  # account → (loaded at, balance)
         self._changes = 0  # bumped whenever balances may have moved: a read begun before is not cached
+        # requests whose hold went (usage applied, or released) in the last minutes: a spend
+        # an edge reports after that must not hold their funds again
+        self._finished: dict[str, float] = {}
 
     async def _balance(self, account_id: str) -> int:
         cached = self._balances.get(account_id)
@@ -216,6 +248,7 @@ class MemoryWallets(Wallets):
 
     async def release(self, request_id: str) -> None:
         self._drop(request_id)
+        self._finished[request_id] = self._clock()
 
     async def expire(self) -> int:
         now = self._clock()
@@ -224,15 +257,51 @@ class MemoryWallets(Wallets):
             self._drop(rid)
         if len(self._balances) > 100_000:
             self._balances.clear()
+        self._finished = {rid: at for rid, at in self._finished.items() if at > now - 2 * GRANT_GRACE_S}
         return len(expired)
 
     def settled(self, records: Iterable[UsageRecord]) -> None:
         # The debit is in the database now: the hold goes and the balance is read again, in
         # the same step, so no moment counts the request twice or not at all.
         self._changes += 1
+        now = self._clock()
         for r in records:
             self._drop(r.request_id)
+            self._finished[r.request_id] = now
             self._balances.pop(r.account_id, None)
+
+    def grant(self, account_id: str, wanted_micros: int, smallest_micros: int) -> FundsGrant | None:
+        # Called right after ``reserve`` succeeded, with no await since: the balance it read
+        # is still the one the check used.
+        cached = self._balances.get(account_id)
+        if wanted_micros <= 0 or cached is None:
+            return None
+        room = cached[1] - self._held.get(account_id, 0) - max(self._min, 0)
+        micros = min(wanted_micros, room // GRANT_SHARE)
+        if micros < max(smallest_micros, 1):
+            return None
+        grant_id = f"gr_{secrets.token_hex(8)}"
+        self._holds[grant_id] = _Hold(account_id, micros, self._clock() + GRANT_S + GRANT_GRACE_S)
+        self._held[account_id] += micros
+        return FundsGrant(grant_id, micros, int(GRANT_S * 1000))
+
+    def settle_grants(self, spent: Iterable[Spend], ended: Iterable[str]) -> None:
+        # Each spend moves its amount from the grant's hold to a hold of its own request, so
+        # the account's held sum never dips while the request is in flight.
+        for s in spent:
+            grant = self._holds.get(s.grant_id)
+            if grant is None:  # ended or freed already: nothing holds for it any more
+                continue
+            amount = min(s.amount_micros, grant.amount_micros)
+            grant.amount_micros -= amount
+            self._held[grant.account_id] -= amount
+            if s.request_id not in self._finished and s.request_id not in self._holds:
+                self._holds[s.request_id] = _Hold(grant.account_id, amount, self._clock() + self._hold_ttl_s)
+                self._held[grant.account_id] += amount
+            if not self._held[grant.account_id]:
+                del self._held[grant.account_id]
+        for grant_id in ended:
+            self._drop(grant_id)
 
     def forget(self, account_id: str) -> None:
         self._changes += 1

@@ -18,6 +18,7 @@ from services.edge import errors
 from services.edge.clients import Clients
 from services.edge.context import EdgeContext, parse_networks
 from services.edge.funds import Funds
+from services.edge.grants import AdmissionGrants, FundsGrants, Grants
 from services.edge.routes import admin, billing, chat, health, keys, models, providers, webhooks
 from services.edge.slots import SlotReleases
 
@@ -31,12 +32,22 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         funds = Funds(clients.router)
         funds.start(settings.nats_url)
         releases = SlotReleases(clients.auth)
+        grants = Grants(AdmissionGrants(releases), FundsGrants(clients.billing))
+        grants.start()
+        funds.on_key_changed = grants.admissions.forget
         try:
             ctx = EdgeContext(
-                settings, clients, settings.admin_secret(), funds, releases, parse_networks(settings.trusted_proxies)
+                settings,
+                clients,
+                settings.admin_secret(),
+                funds,
+                releases,
+                grants,
+                parse_networks(settings.trusted_proxies),
             )
             yield {"edge": ctx}
         finally:
+            await grants.close()
             await releases.close()
             await funds.close()
             await clients.close()

@@ -14,6 +14,7 @@ from fastapi import Request
 from faregate.settings import EdgeSettings
 from services.edge.clients import Clients
 from services.edge.funds import Funds
+from services.edge.grants import Grants
 from services.edge.slots import SlotReleases
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -26,6 +27,7 @@ class EdgeContext:
     admin_token: str
     funds: Funds
     releases: SlotReleases
+    grants: Grants
     trusted_proxies: tuple[Network, ...] = ()
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 

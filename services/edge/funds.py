@@ -4,7 +4,8 @@ Holds are placed by billing (``Reserve``); the edge only supplies the amount and
 billing in the same round as auth, the account of a key it has seen before. Both caches are
 in memory: prices from the router's catalog (refreshed every ``refresh_s``, and at once when
 a message arrives on NATS subject ``faregate.catalog.changed``), and a digest of each live
-key → its account (a key never changes account).
+key → its account (a key never changes account). The same NATS connection hears auth's
+``faregate.keys.changed`` and passes the key id to ``on_key_changed`` (the edge's grants, ADR 11).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import nats
 
-from faregate.events import CATALOG_CHANGED
+from faregate.events import CATALOG_CHANGED, KEYS_CHANGED
 from faregate.money import token_cost, usd_to_micros
 from faregate.pb.router.v1 import router_pb2, router_pb2_grpc
 
@@ -58,6 +60,7 @@ class Funds:
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
         self._nc: Any = None
+        self.on_key_changed: Callable[[str], None] = lambda key_id: None
 
     def start(self, nats_url: str | None = None) -> None:
         self._tasks.append(asyncio.create_task(self._refresh_loop()))
@@ -113,7 +116,11 @@ class Funds:
         async def changed(_msg: Any) -> None:
             self._changed.set()
 
+        async def key_changed(msg: Any) -> None:
+            self.on_key_changed(msg.data.decode())
+
         await self._nc.subscribe(CATALOG_CHANGED, cb=changed)
+        await self._nc.subscribe(KEYS_CHANGED, cb=key_changed)
 
     def worst_case(self, body: object, size: int) -> int:
         """The most the request could cost in micro-USD, from its parsed body (``None`` if it

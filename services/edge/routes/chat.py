@@ -21,12 +21,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from faregate.callstream import StreamedCall
-from faregate.errors import FaregateError, PayloadTooLarge, UpstreamError
+from faregate.errors import FaregateError, PayloadTooLarge, RateLimited, UpstreamError
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
 from faregate.pb.router.v1 import router_pb2
 from services.edge.clients import COMPLETION_TIMEOUT_S, UNARY_TIMEOUT_S, unary
 from services.edge.context import EdgeContext, bearer, edge, new_request_id
+from services.edge.grants import digest as grant_digest
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -43,7 +44,7 @@ def rate_limit_headers(reply: auth_pb2.AuthenticateResponse, request_id: str) ->
 
 async def _admitted(
     request: Request,
-) -> tuple[EdgeContext, str, bytes, bool, auth_pb2.AuthenticateResponse, bool, Slot]:
+) -> tuple[EdgeContext, str, bytes, bool, auth_pb2.AuthenticateResponse, Hold, Slot]:
     """What every inference route does first: size check, admission, funds hold, slot.
 
     The body is parsed once here (the router parses it again: it is relayed as bytes) for
@@ -61,8 +62,8 @@ async def _admitted(
     streamed = not isinstance(body, dict) or body.get("stream") not in (None, False)
     key = bearer(request)
     amount = ctx.funds.worst_case(body, len(raw)) if key.startswith("gw_live_") else 0
-    admitted, hold = await admit(ctx, key, ctx.client_ip(request), request_id, amount)
-    return ctx, request_id, raw, streamed, admitted, hold, Slot(ctx, admitted)
+    admitted, slot, hold = await admit(ctx, key, ctx.client_ip(request), request_id, amount)
+    return ctx, request_id, raw, streamed, admitted, hold, slot
 
 
 async def chat_completions(request: Request) -> Response:
@@ -73,61 +74,141 @@ async def chat_completions(request: Request) -> Response:
         return await _answer(ctx, request_id, admitted, raw, slot)
     except BaseException:
         slot.release()
-        if hold:  # no answer, so no usage record will release it
-            ctx.spawn(_release_hold(ctx, request_id))
+        hold.release()  # no answer, so no usage record will release it
         raise
+
+
+class Hold:
+    """A request's funds hold, to give back if it ends without an answer: a spend of this
+    edge's funds grant that billing has not heard of yet goes back to the grant; a hold in
+    billing is dropped there."""
+
+    def __init__(self, ctx: EdgeContext | None = None, request_id: str = "", granted: bool = False) -> None:
+        self._ctx, self._request_id, self._granted = ctx, request_id, granted
+
+    def release(self) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            return
+        self._ctx = None
+        if not (self._granted and ctx.grants.funds.release(self._request_id)):
+            ctx.spawn(_release_hold(ctx, self._request_id))
+
+
+NO_HOLD = Hold()
 
 
 async def admit(
     ctx: EdgeContext, key: str, client_ip: str, request_id: str, amount: int
-) -> tuple[auth_pb2.AuthenticateResponse, bool]:
-    """Auth's admission and, for a live key on a priced model, billing's hold: in the same
-    round when the key's account is known from an earlier request, one after the other
-    otherwise. Whatever one side granted is given back when the other refuses."""
-    authenticate = _authenticate(
-        ctx, auth_pb2.AuthenticateRequest(api_key=key, client_ip=client_ip, request_id=request_id)
-    )
-    account = ctx.funds.account_of(key) if amount else None
-    if account is None:
-        admitted = await authenticate
-        if not (amount and admitted.billable):
-            return admitted, False
+) -> tuple[auth_pb2.AuthenticateResponse, Slot, Hold]:
+    """Auth's admission and, for a live key on a priced model, billing's hold. Grants first
+    (ADR 11): what this edge holds of the key's limits and the account's funds admits the
+    request without a call. What is missing is asked for in one round when the key's
+    account is known (auth and billing together), one after the other otherwise. Whatever
+    one side granted is given back when the other refuses."""
+    grants = ctx.grants
+    digest = grant_digest(key)
+    local = grants.admissions.take(digest) if key else None
+    account = local[0].account_id if local else (ctx.funds.account_of(key) if amount else None)
+    hold = NO_HOLD
+    if amount and account and grants.funds.take(account, request_id, amount):
+        hold = Hold(ctx, request_id, granted=True)
+    if local is not None:
+        admitted, slot_id = local
+        slot = Slot(ctx, digest, admitted, slot_id)
+        if amount and hold is NO_HOLD:
+            try:
+                await _reserve(ctx, admitted.account_id, request_id, amount)
+            except BaseException:
+                slot.release()
+                raise
+            hold = Hold(ctx, request_id)
+        return admitted, slot, hold
+    authenticate = _authenticate(ctx, digest, key, client_ip, request_id)
+    if not amount or hold is not NO_HOLD or account is None:
+        try:
+            admitted = await authenticate
+        except BaseException:
+            hold.release()
+            raise
+        slot = Slot(ctx, digest, admitted, admitted.slot_id)
+        if not (amount and admitted.billable) or hold is not NO_HOLD:
+            return admitted, slot, hold
         ctx.funds.remember(key, admitted.account_id)
         try:
             await _reserve(ctx, admitted.account_id, request_id, amount)
         except BaseException:
-            Slot(ctx, admitted).release()
+            slot.release()
             raise
-        return admitted, True
+        return admitted, slot, Hold(ctx, request_id)
     results: tuple[Any, Any] = await asyncio.gather(
         authenticate, _reserve(ctx, account, request_id, amount), return_exceptions=True
     )
     got, held = results
     if isinstance(got, BaseException):
         if not isinstance(held, BaseException):
-            ctx.spawn(_release_hold(ctx, request_id))
+            Hold(ctx, request_id).release()
         raise got
+    slot = Slot(ctx, digest, got, got.slot_id)
     if isinstance(held, BaseException):
-        Slot(ctx, got).release()
+        slot.release()
         raise held
-    return got, True
+    return got, slot, Hold(ctx, request_id)
 
 
-async def _authenticate(ctx: EdgeContext, request: auth_pb2.AuthenticateRequest) -> auth_pb2.AuthenticateResponse:
-    """Authenticate, carrying the slot releases gathered since the last call."""
+async def _authenticate(
+    ctx: EdgeContext, digest: bytes, key: str, client_ip: str, request_id: str
+) -> auth_pb2.AuthenticateResponse:
+    """Authenticate, carrying the slot releases gathered since the last call and asking for
+    a grant for the key's next requests."""
+    grants = ctx.grants.admissions
+    request = auth_pb2.AuthenticateRequest(api_key=key, client_ip=client_ip, request_id=request_id)
+    asking = grants.ask(digest, request) if key else False
     released = ctx.releases.take()
     request.released.extend(released)
     try:
-        return await ctx.clients.authenticate(request, UNARY_TIMEOUT_S)
+        reply = await ctx.clients.authenticate(request, UNARY_TIMEOUT_S)
+    except RateLimited as refused:
+        if asking:
+            grants.answered(digest)
+        if refused.code not in _GRANTED_WINDOWS:
+            raise
+        # Refused for a window this edge holds (or is being sent) granted admissions of:
+        # they were counted before this request reached auth, so it spends one of them.
+        await grants.pending(digest)
+        granted = grants.take(digest)
+        if granted is None:
+            raise
+        reply = auth_pb2.AuthenticateResponse()
+        reply.CopyFrom(granted[0])
+        reply.slot_id = granted[1]
+        return reply
     except BaseException:
+        if asking:
+            grants.answered(digest)
+        # Releasing twice is harmless; returned admissions are not sent again (auth may
+        # have applied them: giving back twice would admit more than the limit).
         ctx.releases.give_back(released)
         raise
+    grants.started(digest)
+    grants.install(digest, reply)
+    if asking:
+        grants.answered(digest)
+    return reply
+
+
+_GRANTED_WINDOWS = ("rpm_exceeded", "daily_requests_exceeded")
 
 
 async def _reserve(ctx: EdgeContext, account_id: str, request_id: str, amount: int) -> None:
-    await ctx.clients.reserve(
-        billing_pb2.ReserveRequest(account_id=account_id, request_id=request_id, amount_micros=amount), UNARY_TIMEOUT_S
+    funds = ctx.grants.funds
+    reply = await ctx.clients.reserve(
+        billing_pb2.ReserveRequest(
+            account_id=account_id, request_id=request_id, amount_micros=amount, grant_micros=funds.wanted(account_id)
+        ),
+        UNARY_TIMEOUT_S,
     )
+    funds.install(account_id, reply)
 
 
 async def _release_hold(ctx: EdgeContext, request_id: str) -> None:
@@ -144,8 +225,7 @@ async def embeddings(request: Request) -> Response:
             router_pb2.CompletionRequest(request_id=request_id, caller=_caller(admitted), body=raw),
         )
     except BaseException:
-        if hold:
-            ctx.spawn(_release_hold(ctx, request_id))
+        hold.release()
         raise
     finally:
         slot.release()
@@ -226,16 +306,17 @@ async def relay(
 
 
 class Slot:
-    """The request's concurrency slot in auth: released once when the request ends (gathered
-    and sent with the edge's next admission), and renewed while a stream runs so its lease
-    does not lapse."""
+    """The request's concurrency slot in auth: released once when the request ends (back to
+    this edge's grant while it lasts, otherwise gathered and sent with the edge's next
+    admission), and renewed while a stream runs so its lease does not lapse."""
 
-    def __init__(self, ctx: EdgeContext, admitted: auth_pb2.AuthenticateResponse) -> None:
+    def __init__(self, ctx: EdgeContext, key: bytes, admitted: auth_pb2.AuthenticateResponse, slot_id: str) -> None:
         self._ctx = ctx
-        self._request = auth_pb2.ReleaseRequest(key_id=admitted.key_id, slot_id=admitted.slot_id)
+        self._key: bytes | None = key
+        self._request = auth_pb2.ReleaseRequest(key_id=admitted.key_id, slot_id=slot_id)
         self._lease = admitted.slot_lease_seconds or 60
         self._renewer: asyncio.Task[None] | None = None
-        self._held = bool(admitted.slot_id)
+        self._held = bool(slot_id)
 
     def keep_alive(self) -> None:
         if self._held:
@@ -250,9 +331,14 @@ class Slot:
     def release(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
+        grants = self._ctx.grants.admissions
+        if self._key is not None:
+            grants.ended(self._key)
+            self._key = None
         if self._held:
             self._held = False
-            self._ctx.releases.add(self._request)  # sent with the next admission (services/edge/slots.py)
+            if not grants.release_slot(self._request.slot_id):
+                self._ctx.releases.add(self._request)  # sent with the next admission (services/edge/slots.py)
 
 
 def _error_event(type_: str, message: str, code: str | None) -> bytes:

@@ -72,7 +72,9 @@ async def update_key(request: Request, key_id: str) -> Response:
     if routing is None:
         raise InvalidRequest("give routing_mode and/or preferred_provider", param="routing_mode")
     update = auth_pb2.UpdateKeyRequest(key_id=key_id, account_id=me.account_id, routing=routing)
-    return json_response(key_json(await unary(edge(request).clients.auth.UpdateKey, update)))
+    updated = await unary(edge(request).clients.auth.UpdateKey, update)
+    edge(request).grants.admissions.forget(key_id)  # other edges hear it from auth over NATS
+    return json_response(key_json(updated))
 
 
 @router.delete("/{key_id}")
@@ -81,4 +83,5 @@ async def revoke_key(request: Request, key_id: str) -> Response:
     revoked = await unary(
         edge(request).clients.auth.RevokeKey, auth_pb2.RevokeKeyRequest(account_id=me.account_id, key_id=key_id)
     )
+    edge(request).grants.admissions.forget(key_id)  # other edges hear it from auth over NATS
     return json_response({**key_json(revoked), "deleted": True})

@@ -97,3 +97,28 @@ async def test_a_burst_of_bad_keys_is_capped(auth: Authenticator) -> None:
             await auth.admit(f"gw_live_{i:032d}", "10.9.9.9")
     with pytest.raises(RateLimited, match="failed authentications"):
         await auth.admit("gw_live_" + "Q" * 32, "10.9.9.9")
+
+
+async def test_a_grant_is_sized_by_the_limits_and_refunded_when_unspent(auth: Authenticator) -> None:
+    """ADR 11: a grant never holds more than 1/8 of a window or half the concurrency, is
+    counted with the request, and what an edge returns unspent goes back to the window."""
+    account = await auth.create_account("acme", "basic")  # 60 rpm, 1,000 a day, 64 in flight
+    row, secret = await auth.create_key(account.id, "", "live", None)
+    admitted = await auth.admit(secret, grant=100, grant_slots=100)
+    grant = admitted.grant
+    assert grant is not None and grant.admissions == 60 // 8
+    assert len(grant.slot_ids) == 7 and len(set(grant.slot_ids) | {admitted.slot_id}) == 8
+    assert 0 < grant.valid_ms <= 1000 and grant.window % 60 == 0
+    assert admitted.window is not None and admitted.window.remaining == 60 - 8  # counted already
+    await auth.refund(row.id, grant.admissions, grant.window)
+    again = await auth.admit(secret)
+    if again.window is not None and again.window.reset_at - 60 == grant.window:  # same minute
+        assert again.window.remaining == 60 - 2
+    assert again.grant is None  # none asked for
+    await auth.update_key(row.id, {"concurrency_limit": 1})
+    for slot in (admitted.slot_id, again.slot_id, *grant.slot_ids):
+        await auth.release(row.id, slot)
+    lone = await auth.admit(secret, grant=10, grant_slots=10)
+    assert lone.grant is None  # one request at a time: no slots to spare, no grant
+    guest = await auth.admit("", "10.0.0.9", grant=10)
+    assert guest.grant is None  # guests never get one

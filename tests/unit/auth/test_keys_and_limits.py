@@ -117,11 +117,32 @@ async def test_admit_is_all_or_nothing(counters: Counters) -> None:
             now=now,
         )
 
-    assert await counters.admit(check("a")) == (None, 1)
-    assert await counters.admit(check("b")) == (None, 2)
-    assert await counters.admit(check("c")) == ("concurrency", 2)  # refused: nothing counted
+    assert await counters.admit(check("a")) == (None, 1, 0, 0)
+    assert await counters.admit(check("b")) == (None, 2, 0, 0)
+    assert await counters.admit(check("c")) == ("concurrency", 2, 0, 0)  # refused: nothing counted
     await counters.release("conc:{k}", "a")
-    assert await counters.admit(check("c")) == (None, 3)
+    assert await counters.admit(check("c")) == (None, 3, 0, 0)
     await counters.release("conc:{k}", "b")
-    assert await counters.admit(check("d")) == ("rpm", 3)
-    assert (await counters.admit(check("d", now=1_000_080.0)))[0] is None  # next minute
+    assert await counters.admit(check("d")) == ("rpm", 3, 0, 0)
+    assert (await counters.admit(check("d", now=1_000_080.0))).refused is None  # next minute
+
+
+async def test_a_grant_takes_what_room_is_left(counters: Counters) -> None:
+    """ADR 11: a grant counts up to what it asks for in the same step as the request, never
+    past a limit, and its unspent admissions can be given back."""
+    from services.auth.limits import AdmitCheck
+
+    def check(slot: str, grant: int, slots: tuple[str, ...]) -> AdmitCheck:
+        return AdmitCheck("g", 10, 8, None, 4, "conc:{g}", slot, 30, 2_000_010.0, grant, slots)
+
+    rpm_bucket, rpd_bucket = check("x", 0, ()).buckets()[:2]
+    # 5 more admissions and 2 more slots asked: all fit (1 + 5 <= 8 today, 1 + 2 <= 4 slots)
+    assert await counters.admit(check("a", 5, ("a.0", "a.1"))) == (None, 6, 5, 2)
+    # 5 more asked, but the day allows 8: 2 are left, the request's own plus 1
+    assert await counters.admit(check("b", 5, ("b.0", "b.1"))) == (None, 8, 1, 0)  # 3 of 4 slots held: 1 for b
+    assert await counters.admit(check("c", 0, ())) == ("requests_per_day", 8, 0, 0)
+    await counters.refund(rpd_bucket, 3)
+    await counters.refund(rpm_bucket, 3)
+    assert await counters.get(rpd_bucket) == 5 and await counters.get(rpm_bucket) == 5
+    await counters.refund("never-counted", 3)
+    assert await counters.get("never-counted") == 0

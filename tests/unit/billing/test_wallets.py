@@ -14,7 +14,7 @@ from faregate.errors import InsufficientBalance, InvalidRequest
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.billing.ledger import Ledger
 from services.billing.views import Views, month_start_ms
-from services.billing.wallets import MemoryWallets, Wallets
+from services.billing.wallets import MemoryWallets, Spend, Wallets
 
 
 @pytest.fixture(params=["database", "memory"])
@@ -156,3 +156,46 @@ async def test_memory_holds_reread_the_balance_after_a_batch_lands(sessions: asy
     await wallets.reserve(acc, rid(), 50)
     with pytest.raises(InsufficientBalance):
         await wallets.reserve(acc, rid(), 1)
+
+
+async def test_a_funds_grant_holds_until_each_spend_is_a_hold_of_its_own(sessions: async_sessionmaker[Any]) -> None:
+    """ADR 11: an edge spends a grant locally; billing turns each reported spend into the
+    request's own hold (dropped when its usage lands), and frees what an ended grant has left.
+    The account's held sum never dips while a request is in flight."""
+    wallets = MemoryWallets(sessions)
+    ledger = Ledger(sessions, on_applied=wallets.settled, on_credit=wallets.forget)
+    acc = account()
+    await ledger.credit(acc, 10_000)
+    first = rid()
+    await wallets.reserve(acc, first, 100)
+    grant = wallets.grant(acc, 5_000, 100)
+    assert grant is not None and grant.micros == (10_000 - 100) // 4  # at most a quarter of the room
+    assert (await wallets.funds(acc)).held_micros == 100 + grant.micros
+    spent, settled_early, released = rid(), rid(), rid()
+    await ledger.apply_usage([usage(acc, settled_early, 40)])  # its usage landed before the report
+    await wallets.release(released)  # and this one ended without an answer before it
+    wallets.settle_grants(
+        [Spend(grant.id, s, 100) for s in (spent, settled_early, released)],
+        [],
+    )
+    assert (await wallets.funds(acc)).held_micros == 100 + grant.micros - 200  # only `spent` holds now
+    wallets.settle_grants([], [grant.id])
+    assert (await wallets.funds(acc)).held_micros == 200  # `first` and `spent`
+    await ledger.apply_usage([usage(acc, first, 60), usage(acc, spent, 70)])
+    funds = await wallets.funds(acc)
+    assert (funds.balance_micros, funds.held_micros) == (10_000 - 40 - 60 - 70, 0)
+    wallets.settle_grants([Spend(grant.id, rid(), 100)], [grant.id])  # late and ended: nothing to hold
+    assert (await wallets.funds(acc)).held_micros == 0
+
+
+async def test_no_grant_without_room_nor_with_database_holds(sessions: async_sessionmaker[Any]) -> None:
+    wallets = MemoryWallets(sessions)
+    ledger = Ledger(sessions, on_applied=wallets.settled, on_credit=wallets.forget)
+    acc = account()
+    await ledger.credit(acc, 1_000)
+    await wallets.reserve(acc, rid(), 900)
+    assert wallets.grant(acc, 1_000, 100) is None  # a quarter of the 100 left is less than one request
+    assert wallets.grant(acc, 0, 1) is None  # none asked for
+    database = Wallets(sessions)
+    await database.reserve(acc, rid(), 1)
+    assert database.grant(acc, 1_000, 1) is None

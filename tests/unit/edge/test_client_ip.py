@@ -28,6 +28,7 @@ def ctx(trusted: str) -> EdgeContext:
         admin_token="x",
         funds=None,  # type: ignore[arg-type]
         releases=None,  # type: ignore[arg-type]
+        grants=None,  # type: ignore[arg-type]
         trusted_proxies=parse_networks(trusted),
     )
 

@@ -1,0 +1,345 @@
+"""Grants: admissions and funds an edge spends locally, renewed as they run out (ADR 11).
+
+Most requests of a busy key need neither auth nor billing to decide anything new: the key
+was valid a moment ago, its limits had room, its account had funds. So when an edge asks
+auth to admit a request it may also ask for a *grant*: admissions counted in the key's
+limits in the same step (and concurrency slots for them), to spend here for up to a second.
+Likewise billing's ``Reserve`` may return a *funds grant*: a hold on the account the edge
+admits requests against until it is spent or a second has passed. A request that finds
+both (or a grant and no price) goes straight to the router.
+
+The bounds, written down in ADR 11:
+
+- An admission grant is counted before it is spent: a key's window counts up to one grant
+  ahead of its requests, and the unspent rest is given back to the window when the grant
+  ends (``returned``, carried by this edge's next Authenticate). auth sizes grants at most
+  1/8 of a window's budget and half the key's concurrency, and only as large as this
+  edge's recent rate for the key.
+- A revoked or changed key stops being admitted here as soon as auth's change message
+  arrives on NATS (``faregate.keys.changed``), and within a grant's life (1 s) without it.
+- Funds: each request spent of a funds grant is reported to billing within
+  ``REPORT_S`` and becomes a hold of its own there; until then the grant's hold covers it.
+  So the account's held sum never dips while a request is in flight, and the overdraft
+  bound stays one request's worst case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from faregate.pb.auth.v1 import auth_pb2
+from faregate.pb.billing.v1 import billing_pb2, billing_pb2_grpc
+from services.edge.slots import SlotReleases
+
+SWEEP_S = 0.25  # ended grants give back their free slots at least this often
+REPORT_S = 0.1  # spends of funds grants reach billing within about this
+MAX_WANTED = 1_000
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class _Rate:
+    """How much a subject used in the current and the last period of ``period`` seconds."""
+
+    def __init__(self, period: float, clock: Callable[[], float]) -> None:
+        self._period, self._clock = period, clock
+        self._started = clock()
+        self._now: dict[object, int] = {}
+        self._last: dict[object, int] = {}
+
+    def add(self, subject: object, amount: int = 1) -> None:
+        now = self._clock()
+        if now - self._started >= self._period:
+            self._last = self._now if now - self._started < 2 * self._period else {}
+            self._now, self._started = {}, now
+        self._now[subject] = self._now.get(subject, 0) + amount
+
+    def recent(self, subject: object) -> int:
+        return max(self._now.get(subject, 0), self._last.get(subject, 0))
+
+
+@dataclass
+class _KeyGrant:
+    reply: auth_pb2.AuthenticateResponse  # the admission the grant repeats (no slot, no grant)
+    left: int
+    free: list[str]  # slots held for the grant and not in use
+    needs_slot: bool  # the key has a concurrency limit
+    until: float  # monotonic
+    window: int
+    ended: bool = False
+
+
+class AdmissionGrants:
+    """Admission grants of auth, per presented key (by digest: never the key itself)."""
+
+    def __init__(self, releases: SlotReleases, clock: Callable[[], float] = time.monotonic) -> None:
+        self._releases = releases
+        self._clock = clock
+        self._grants: dict[bytes, _KeyGrant] = {}
+        self._by_slot: dict[str, _KeyGrant] = {}
+        self._rate = _Rate(1.0, clock)
+        self._in_flight: dict[bytes, int] = {}
+        self._returned: list[auth_pb2.GrantReturn] = []
+        self._asking: dict[bytes, asyncio.Future[None]] = {}  # one grant asked for per key at a time
+
+    def take(self, key: bytes) -> tuple[auth_pb2.AuthenticateResponse, str] | None:
+        """A granted admission for the key and its slot, or None (ask auth)."""
+        self._rate.add(key)
+        grant = self._grants.get(key)
+        if grant is None:
+            return None
+        if grant.left <= 0 or self._clock() >= grant.until:
+            self._end(key, grant)
+            return None
+        if grant.needs_slot and not grant.free:
+            return None  # more in flight here than the grant has slots for: ask auth for this one
+        grant.left -= 1
+        self.started(key)
+        return grant.reply, grant.free.pop() if grant.needs_slot else ""
+
+    def started(self, key: bytes) -> None:
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def ended(self, key: bytes) -> None:
+        left = self._in_flight.get(key, 0) - 1
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
+
+    def ask(self, key: bytes, request: auth_pb2.AuthenticateRequest) -> bool:
+        """Fill in what to ask auth for: a grant as large as this edge's recent rate for the
+        key, slots for as many requests as it has in flight, and the ended grants' returns.
+        True when a grant is asked for: the caller calls ``answered`` once auth has replied."""
+        if self._returned:
+            request.returned.extend(self._returned)
+            self._returned = []
+        wanted = min(self._rate.recent(key), MAX_WANTED)
+        if wanted < 2 or key in self._asking:
+            return False
+        request.grant_wanted = wanted
+        request.grant_slots_wanted = min(self._in_flight.get(key, 0) + 1, wanted)
+        self._asking[key] = asyncio.get_running_loop().create_future()
+        return True
+
+    def answered(self, key: bytes) -> None:
+        asking = self._asking.pop(key, None)
+        if asking is not None and not asking.done():
+            asking.set_result(None)
+
+    async def pending(self, key: bytes) -> None:
+        """Wait for the key's grant asked for and not answered yet, if there is one."""
+        asking = self._asking.get(key)
+        if asking is not None:
+            await asyncio.shield(asking)
+
+    def install(self, key: bytes, reply: auth_pb2.AuthenticateResponse) -> None:
+        """Keep the grant auth sent with this admission (ending the key's earlier one)."""
+        if not reply.HasField("grant"):
+            return
+        old = self._grants.pop(key, None)
+        if old is not None:
+            self._end(key, old)
+        g = reply.grant
+        template = auth_pb2.AuthenticateResponse()
+        template.CopyFrom(reply)
+        template.ClearField("grant")
+        template.slot_id = ""
+        grant = _KeyGrant(
+            template, g.admissions, list(g.slot_ids), bool(reply.slot_id), self._clock() + g.valid_ms / 1000, g.window
+        )
+        self._grants[key] = grant
+        for slot in g.slot_ids:
+            self._by_slot[slot] = grant
+
+    def release_slot(self, slot_id: str) -> bool:
+        """A granted request ended: its slot goes back to its grant while the grant lasts
+        (True), and otherwise to auth with the other releases (False)."""
+        grant = self._by_slot.get(slot_id)
+        if grant is None:
+            return False
+        if grant.ended:
+            del self._by_slot[slot_id]
+            return False
+        grant.free.append(slot_id)
+        return True
+
+    def forget(self, key_id: str) -> None:
+        """The key changed (revoked, new limits or routing): end its grants at once."""
+        for key, grant in list(self._grants.items()):
+            if grant.reply.key_id == key_id:
+                self._end(key, grant)
+
+    def sweep(self) -> None:
+        now = self._clock()
+        for key, grant in list(self._grants.items()):
+            if now >= grant.until:
+                self._end(key, grant)
+
+    def _end(self, key: bytes, grant: _KeyGrant) -> None:
+        if self._grants.get(key) is grant:
+            del self._grants[key]
+        if grant.ended:
+            return
+        grant.ended = True
+        if grant.left > 0:
+            self._returned.append(
+                auth_pb2.GrantReturn(key_id=grant.reply.key_id, unused=grant.left, window=grant.window)
+            )
+            grant.left = 0
+        for slot in grant.free:
+            del self._by_slot[slot]
+            self._releases.add(auth_pb2.ReleaseRequest(key_id=grant.reply.key_id, slot_id=slot))
+        grant.free = []
+
+
+@dataclass
+class _FundsGrant:
+    id: str
+    left: int
+    until: float
+    pending: dict[str, int] = field(default_factory=dict)  # request id → amount, not yet reported
+
+
+class FundsGrants:
+    """Funds grants of billing, per account; spends are reported in batches off the path."""
+
+    def __init__(
+        self, billing: billing_pb2_grpc.BillingServiceStub, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._billing = billing
+        self._clock = clock
+        self._grants: dict[str, _FundsGrant] = {}
+        self._pending: dict[str, _FundsGrant] = {}  # request id → the grant it spent
+        self._ended: list[str] = []
+        self._rate = _Rate(1.0, clock)
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def take(self, account_id: str, request_id: str, amount: int) -> bool:
+        """Admit the request against the account's grant (True), or not (ask billing)."""
+        self._rate.add(account_id, amount)
+        grant = self._grants.get(account_id)
+        if grant is None:
+            return False
+        if self._clock() >= grant.until:
+            self._end(account_id, grant)
+            return False
+        if grant.left < amount:
+            return False
+        grant.left -= amount
+        grant.pending[request_id] = amount
+        self._pending[request_id] = grant
+        self._schedule()
+        return True
+
+    def wanted(self, account_id: str) -> int:
+        return self._rate.recent(account_id)
+
+    def install(self, account_id: str, reply: billing_pb2.Wallet) -> None:
+        if not reply.HasField("grant"):
+            return
+        old = self._grants.pop(account_id, None)
+        if old is not None:
+            self._end(account_id, old)
+        g = reply.grant
+        self._grants[account_id] = _FundsGrant(g.id, g.micros, self._clock() + g.valid_ms / 1000)
+
+    def release(self, request_id: str) -> bool:
+        """A granted request ended without an answer: if billing has not heard of it yet,
+        its amount simply goes back to the grant (True); otherwise billing must drop the
+        hold it became (False)."""
+        grant = self._pending.pop(request_id, None)
+        if grant is None:
+            return False
+        grant.left += grant.pending.pop(request_id)
+        return True
+
+    def sweep(self) -> None:
+        now = self._clock()
+        for account_id, grant in list(self._grants.items()):
+            if now >= grant.until:
+                self._end(account_id, grant)
+
+    def _end(self, account_id: str, grant: _FundsGrant) -> None:
+        if self._grants.get(account_id) is grant:
+            del self._grants[account_id]
+        self._ended.append(grant.id)
+        grant.left = 0
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(REPORT_S, self._flush)
+
+    def _report(self) -> billing_pb2.GrantSpends:
+        report = billing_pb2.GrantSpends(ended=self._ended)
+        for request_id, grant in self._pending.items():
+            report.spent.append(
+                billing_pb2.GrantSpend(
+                    grant_id=grant.id, request_id=request_id, amount_micros=grant.pending.pop(request_id)
+                )
+            )
+        self._pending, self._ended = {}, []
+        return report
+
+    def _flush(self) -> None:
+        self._timer = None
+        report = self._report()
+        if report.spent or report.ended:
+            task = asyncio.create_task(self._send(report))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, report: billing_pb2.GrantSpends) -> None:
+        # The spends must not be lost: until billing has them, their grant's hold (which
+        # lapses ~30 s after the grant) is all that covers them.
+        for attempt in range(3):
+            try:
+                await self._billing.SettleGrants(report, timeout=5)
+                return
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    async def close(self) -> None:
+        for account_id, grant in list(self._grants.items()):
+            self._end(account_id, grant)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._flush()
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=5)
+
+
+class Grants:
+    """Both kinds, swept together."""
+
+    def __init__(self, admissions: AdmissionGrants, funds: FundsGrants) -> None:
+        self.admissions = admissions
+        self.funds = funds
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            self.admissions.sweep()
+            self.funds.sweep()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.funds.close()
