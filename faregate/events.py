@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from faregate.pb.events.v1.usage_pb2 import UsageRecord
+from faregate.pb.events.v1.usage_pb2 import UsageBatch, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,15 @@ CATALOG_CHANGED = "faregate.catalog.changed"  # core NATS: a router changed pric
 # auth replica drops its cached copy at once (the cache's TTL covers a missed message)
 KEYS_CHANGED = "faregate.keys.changed"
 ACK_TIMEOUT_S = 5.0
+BATCH_HEADER = "Faregate-Batch"  # the message holds a UsageBatch, not one UsageRecord
+BATCH_RECORDS = 256  # records in one stream message at most (~50 KB)
+
+
+def records_of(msg: Msg) -> list[UsageRecord]:
+    """The usage records a stream message holds (DecodeError when it is malformed)."""
+    if msg.headers and msg.headers.get(BATCH_HEADER) == "1":
+        return list(UsageBatch.FromString(msg.data).records)
+    return [UsageRecord.FromString(msg.data)]
 
 
 @dataclass(frozen=True)
@@ -168,38 +177,43 @@ class UsagePublisher:
                 self._queue.task_done()
 
     async def _publish(self, batch: list[UsageRecord]) -> None:
-        """Publish a batch pipelined (one reply subscription for all acks); retry what failed."""
-        pending = batch
+        """Publish a batch as few stream messages (each up to BATCH_RECORDS records), pipelined
+        with one wait for all acks; retry the messages that were not acknowledged, with the
+        same message ids (JetStream drops a copy it already has)."""
+        pending = [batch[i : i + BATCH_RECORDS] for i in range(0, len(batch), BATCH_RECORDS)]
         delay = 0.1
         while pending:
             acks: list[asyncio.Future[Any] | None] = []
-            for record in pending:
+            for records in pending:
                 try:
                     acks.append(
                         await self._js.publish_async(
                             self._stream.subject,
-                            record.SerializeToString(),
-                            headers={"Nats-Msg-Id": record.request_id},
+                            UsageBatch(records=records).SerializeToString(),
+                            headers={
+                                "Nats-Msg-Id": f"{records[0].request_id}+{len(records) - 1}",
+                                BATCH_HEADER: "1",
+                            },
                         )
                     )
                 except Exception as exc:  # not connected: retried below
-                    log.warning("usage publish for %s failed (%s); retrying", record.request_id, exc)
+                    log.warning("usage publish of %d records failed (%s); retrying", len(records), exc)
                     acks.append(None)
-            # one wait for the whole batch (not a wait_for task per record); acks still missing
-            # after it are given up (cancelled, which frees their publish slots) and retried
+            # one wait for the whole batch (not a wait_for task per message); acks still
+            # missing after it are given up (cancelled, which frees their publish slots) and retried
             live = [ack for ack in acks if ack is not None]
             if live:
                 _, late = await asyncio.wait(live, timeout=ACK_TIMEOUT_S)
                 for ack in late:
                     ack.cancel()
             failed = [
-                r
-                for r, ack in zip(pending, acks, strict=True)
+                records
+                for records, ack in zip(pending, acks, strict=True)
                 if ack is None or ack.cancelled() or ack.exception() is not None
             ]
-            self.published += len(pending) - len(failed)
+            self.published += sum(len(r) for r in pending) - sum(len(r) for r in failed)
             pending = failed
             if pending:
-                log.warning("%d usage records not acknowledged by JetStream; retrying", len(pending))
+                log.warning("%d usage records not acknowledged by JetStream; retrying", sum(len(r) for r in pending))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

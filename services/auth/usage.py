@@ -17,8 +17,7 @@ from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from faregate.events import UsageStream, pull_batches
-from faregate.pb.events.v1.usage_pb2 import UsageRecord
+from faregate.events import UsageStream, pull_batches, records_of
 from services.auth.admission import Authenticator
 
 log = logging.getLogger(__name__)
@@ -41,12 +40,11 @@ async def follow_usage(
     async with contextlib.aclosing(pull_batches(sub, 500, fill_wait=fill_wait)) as batches:
         async for msgs in batches:
             for msg in msgs:
-                record = UsageRecord()
-                with contextlib.suppress(DecodeError):  # a malformed record counts nothing
-                    record.ParseFromString(msg.data)
-                    await auth.record_tokens(
-                        record.key_id, record.prompt_tokens + record.completion_tokens, record.started_at_ms / 1000
-                    )
+                with contextlib.suppress(DecodeError):  # a malformed message counts nothing
+                    for record in records_of(msg):
+                        await auth.record_tokens(
+                            record.key_id, record.prompt_tokens + record.completion_tokens, record.started_at_ms / 1000
+                        )
                 if durable:
                     await msg.ack()
             if msgs and not durable:

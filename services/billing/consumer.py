@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from faregate.events import UsageStream, pull_batches
+from faregate.events import UsageStream, pull_batches, records_of
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from services.billing.ledger import Ledger
 from services.billing.storage import USAGE_STRING_LIMITS
@@ -89,22 +89,28 @@ class UsageConsumer:
         self.stats.connected = ok
 
     async def handle(self, msgs: list[Msg]) -> None:
+        """Apply the records of a fetch in one transaction. A message that does not decode is
+        dead-lettered whole; a record that is invalid or of an unknown account is dead-lettered
+        alone (the rest of its message is applied); a message is acknowledged once all its
+        records are applied or dead-lettered, and redelivered if applying failed."""
         records: list[UsageRecord] = []
         good: list[Msg] = []
         for msg in msgs:
-            record = UsageRecord()
             try:
-                record.ParseFromString(msg.data)
+                found = records_of(msg)
             except DecodeError:
-                await self._dead_letter(msg, "malformed UsageRecord")
+                await self._dead_letter(msg.data, msg.subject, "malformed UsageRecord")
+                await msg.ack()
                 continue
-            problem = _invalid(record)
-            if problem:
-                await self._dead_letter(msg, problem)
-                continue
-            records.append(record)
+            for record in found:
+                if problem := _invalid(record):
+                    await self._dead_letter(record.SerializeToString(), msg.subject, problem)
+                else:
+                    records.append(record)
             good.append(msg)
         if not records:
+            for msg in good:
+                await msg.ack()
             return
         try:
             unknown = await self._unknown_accounts({r.account_id for r in records})
@@ -114,34 +120,35 @@ class UsageConsumer:
                 await msg.nak(delay=1.0)
             return
         if unknown:
-            kept = [(r, m) for r, m in zip(records, good, strict=True) if r.account_id not in unknown]
-            for r, m in zip(records, good, strict=True):
+            for r in records:
                 if r.account_id in unknown:
-                    await self._dead_letter(m, f"unknown account {r.account_id!r}")
-            records, good = [r for r, _ in kept], [m for _, m in kept]
-            if not records:
-                return
+                    await self._dead_letter(
+                        r.SerializeToString(), self._stream.subject, f"unknown account {r.account_id!r}"
+                    )
+            records = [r for r in records if r.account_id not in unknown]
         try:
-            result = await self._ledger.apply_usage(records)
+            result = await self._ledger.apply_usage(records) if records else None
         except Exception:
             log.exception("applying %d usage records failed; they will be redelivered", len(records))
             for msg in good:
                 await msg.nak(delay=1.0)
             return
-        self.stats.applied += result.applied
-        self.stats.duplicates += result.duplicates
-        if result.duplicates:
-            log.info("%d usage records were already applied (redelivered or republished): no-ops", result.duplicates)
+        if result is not None:
+            self.stats.applied += result.applied
+            self.stats.duplicates += result.duplicates
+            if result.duplicates:
+                log.info(
+                    "%d usage records were already applied (redelivered or republished): no-ops", result.duplicates
+                )
         for msg in good:
             await msg.ack()
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+    async def _dead_letter(self, data: bytes, subject: str, reason: str) -> None:
         await self._js.publish(
             self._stream.dead_letter_subject,
-            msg.data,
-            headers={"Faregate-Reason": reason, "Faregate-Subject": msg.subject},
+            data,
+            headers={"Faregate-Reason": reason, "Faregate-Subject": subject},
         )
-        await msg.ack()
         self.stats.dead_lettered += 1
         log.error("usage record dead-lettered: %s", reason)
 

@@ -8,19 +8,22 @@ import secrets
 import nats
 import pytest
 
-from faregate.pb.events.v1.usage_pb2 import UsageRecord
+from faregate.events import BATCH_HEADER
+from faregate.pb.events.v1.usage_pb2 import UsageBatch, UsageRecord
 from tests.harness import Stack, ledger, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-async def publish(stack: Stack, payloads: list[tuple[bytes, str | None]]) -> None:
+async def publish(stack: Stack, payloads: list[tuple[bytes, str | None]], *, batch: bool = False) -> None:
     nc = await nats.connect(stack.infra.nats_url)
     try:
         js = nc.jetstream()
         for data, msg_id in payloads:
-            headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-            await js.publish(stack.usage_subject, data, headers=headers)
+            headers = {"Nats-Msg-Id": msg_id} if msg_id else {}
+            if batch:
+                headers[BATCH_HEADER] = "1"
+            await js.publish(stack.usage_subject, data, headers=headers or None)
     finally:
         await nc.close()
 
@@ -93,3 +96,27 @@ def test_a_record_of_an_unknown_account_is_dead_lettered_with_its_reason(stack: 
     assert headers["Faregate-Reason"] == "unknown account 'acc_nobody_knows'"
     wait_for(lambda: stack.http.get("/health").json()["metering"]["dead_lettered"] > before, what="it counted")
     assert not [e for e in ledger(stack, "acc_nobody_knows")]
+
+
+def test_a_batch_applies_its_good_records_and_dead_letters_the_others_alone(stack: Stack) -> None:
+    """The router publishes records in batches (UsageBatch): one bad record must neither
+    block nor take with it the others of its message."""
+    account_id = stack.create_account(credit_usd=1)
+    before = stack.http.get("/health").json()["metering"]["dead_lettered"]
+    good = [record(account_id, f"req_{secrets.token_hex(8)}", cost) for cost in (100, 200)]
+    negative = record(account_id, f"req_{secrets.token_hex(8)}", -5)
+    stranger = record("acc_nobody_knows", f"req_{secrets.token_hex(8)}", 7)
+    data = UsageBatch(records=[good[0], negative, stranger, good[1]]).SerializeToString()
+    msg_id = f"{good[0].request_id}+3"
+    asyncio.run(publish(stack, [(data, msg_id), (data, msg_id)], batch=True))  # the second: a retry
+    wait_for(
+        lambda: {r.request_id for r in good} <= {e.request_id for e in ledger(stack, account_id)},
+        what="the batch's good records",
+    )
+    wait_for(
+        lambda: stack.http.get("/health").json()["metering"]["dead_lettered"] >= before + 2,
+        what="the two bad records dead-lettered",
+    )
+    entries = [e for e in ledger(stack, account_id) if e.kind == "usage"]
+    assert sorted(e.amount_micros for e in entries) == [-200, -100]
+    assert stack.balance_usd(account_id) == pytest.approx(1 - 300 / 1e6)
