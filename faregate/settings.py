@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # how long a usage consumer (billing's ledger, auth's token counter) lets a short batch
     # fill: fewer, larger transactions and fetches; the ledger lags the answers by about this
     usage_batch_wait: float = Field(default=0.25, ge=0)
+    # how long an edge may spend a grant of auth's admissions or billing's funds (ADR 11);
+    # 0 turns grants off (every request asks auth and billing)
+    grant_seconds: float = Field(default=1.0, ge=0, le=60)
     catalog_bucket: str = "FAREGATE_CATALOG"  # JetStream key-value bucket of admin price changes
     redis_url: str | None = None
     redis_prefix: str = "faregate:"

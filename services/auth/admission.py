@@ -32,7 +32,7 @@ from services.auth.storage import AccountRow, AuthStore, KeyRow, now_ms
 
 log = logging.getLogger(__name__)
 
-GRANT_S = 1.0  # how long a grant's admissions may be spent at an edge (ADR 11)
+GRANT_S = 1.0  # default FAREGATE_GRANT_SECONDS: how long an edge may spend a grant (ADR 11)
 GRANT_MAX = 1_000  # admissions in one grant
 GRANT_SHARE = 8  # a grant holds at most 1/8 of a window's requests, half of the concurrency
 CACHE_TTL_S = 10.0  # default FAREGATE_KEY_CACHE_SECONDS: how stale a replica may be if a change message is lost
@@ -107,6 +107,7 @@ class Authenticator:
         *,
         cache_ttl: float = CACHE_TTL_S,
         slot_lease: float = 60.0,
+        grant_s: float = GRANT_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -115,6 +116,7 @@ class Authenticator:
         self._plans = plans or Plans.from_json(None)
         self._cache_ttl = cache_ttl
         self.slot_lease = slot_lease
+        self._grant_s = grant_s
         self._clock = clock
         self._cache: dict[bytes, tuple[float, KeyRow | None]] = {}
         self._last_used: dict[str, int] = {}
@@ -197,7 +199,7 @@ class Authenticator:
         """Every limit in one atomic step (one Redis round trip); nothing is counted if refused."""
         now = self._clock()
         slot = secrets.token_hex(8) if limits.concurrency is not None else ""
-        grant = _grant_size(grant, limits)
+        grant = _grant_size(grant, limits) if self._grant_s > 0 else 0
         extra: tuple[str, ...] = ()
         if grant and limits.concurrency is not None:
             wanted = min(grant_slots, grant, limits.concurrency // 2)
@@ -244,7 +246,7 @@ class Authenticator:
                 retry_after=1,
             )
         window = Window(limits.rpm, limits.rpm - rpm, reset_at) if limits.rpm is not None else None
-        valid_ms = int(min(GRANT_S, reset_at - now) * 1000)
+        valid_ms = int(min(self._grant_s, reset_at - now) * 1000)
         if not granted or valid_ms <= 0:
             return slot, window, None
         return slot, window, Grant(granted, extra[:slots], valid_ms, reset_at - 60)

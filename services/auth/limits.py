@@ -188,6 +188,8 @@ class LocalCounters(Counters):
             for slot in wanted:
                 held[slot] = now + check.lease
             slots = len(wanted) - 1
+            if not slots:
+                n = 1  # no slot to spend them with: a grant would be of no use
         if check.rpm is not None:
             rpm = self._count(rpm_b, n, 61)
         if check.requests_per_day is not None:
@@ -311,6 +313,7 @@ if tonumber(ARGV[6]) >= 0 then
     slots = slots + 1
   end
   redis.call('EXPIRE', KEYS[4], ARGV[10])
+  if slots == 0 then n = 1 end
 end
 if tonumber(ARGV[1]) >= 0 then
   rpm = redis.call('INCRBY', KEYS[1], n)

@@ -38,6 +38,7 @@ async def serve(settings: AuthSettings) -> None:
         Plans.from_json(settings.plans),
         slot_lease=settings.slot_lease_seconds,
         cache_ttl=settings.key_cache_seconds,
+        grant_s=settings.grant_seconds,
     )
     auth.start()
     following: asyncio.Task[None] | None = None

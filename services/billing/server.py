@@ -34,7 +34,10 @@ async def serve(settings: BillingSettings) -> None:
     sessions = db.make_sessionmaker(engine)
     in_memory = settings.holds == "memory" or (settings.holds == "auto" and engine.dialect.name == "sqlite")
     wallets = (MemoryWallets if in_memory else Wallets)(
-        sessions, min_balance_micros=usd_to_micros(settings.min_balance_usd), hold_ttl_s=settings.hold_ttl_seconds
+        sessions,
+        min_balance_micros=usd_to_micros(settings.min_balance_usd),
+        hold_ttl_s=settings.hold_ttl_seconds,
+        grant_s=settings.grant_seconds,
     )
     ledger = Ledger(sessions, on_applied=wallets.settled, on_credit=wallets.forget)
     expiring = asyncio.create_task(_expire_holds(wallets), name="hold-expiry")

@@ -41,7 +41,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-GRANT_S = 1.0  # how long an edge may spend a funds grant (ADR 11)
+GRANT_S = 1.0  # default FAREGATE_GRANT_SECONDS: how long an edge may spend a funds grant (ADR 11)
 GRANT_GRACE_S = 30.0  # a grant its edge never ended (it crashed) is freed this much later
 GRANT_SHARE = 4  # a grant holds at most 1/4 of what is available above the threshold
 
@@ -72,9 +72,15 @@ class Funds:
 
 class Wallets:
     def __init__(
-        self, sessions: async_sessionmaker[Any], *, min_balance_micros: int = 0, hold_ttl_s: float = 900.0
+        self,
+        sessions: async_sessionmaker[Any],
+        *,
+        min_balance_micros: int = 0,
+        hold_ttl_s: float = 900.0,
+        grant_s: float = GRANT_S,
     ) -> None:
         self._sessions = sessions
+        self._grant_s = grant_s  # funds grants: memory holds only
         self._engine: Any = sessions.kw["bind"]
         self._min = min_balance_micros
         self._ttl_ms = int(hold_ttl_s * 1000)
@@ -185,9 +191,10 @@ class MemoryWallets(Wallets):
         min_balance_micros: int = 0,
         hold_ttl_s: float = 900.0,
         balance_ttl_s: float = 1.0,
+        grant_s: float = GRANT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(sessions, min_balance_micros=min_balance_micros, hold_ttl_s=hold_ttl_s)
+        super().__init__(sessions, min_balance_micros=min_balance_micros, hold_ttl_s=hold_ttl_s, grant_s=grant_s)
         self._hold_ttl_s = hold_ttl_s
         self._balance_ttl_s = balance_ttl_s
         self._clock = clock
@@ -274,16 +281,16 @@ class MemoryWallets(Wallets):
         # Called right after ``reserve`` succeeded, with no await since: the balance it read
         # is still the one the check used.
         cached = self._balances.get(account_id)
-        if wanted_micros <= 0 or cached is None:
+        if wanted_micros <= 0 or cached is None or self._grant_s <= 0:
             return None
         room = cached[1] - self._held.get(account_id, 0) - max(self._min, 0)
         micros = min(wanted_micros, room // GRANT_SHARE)
         if micros < max(smallest_micros, 1):
             return None
         grant_id = f"gr_{secrets.token_hex(8)}"
-        self._holds[grant_id] = _Hold(account_id, micros, self._clock() + GRANT_S + GRANT_GRACE_S)
+        self._holds[grant_id] = _Hold(account_id, micros, self._clock() + self._grant_s + GRANT_GRACE_S)
         self._held[account_id] += micros
-        return FundsGrant(grant_id, micros, int(GRANT_S * 1000))
+        return FundsGrant(grant_id, micros, int(self._grant_s * 1000))
 
     def settle_grants(self, spent: Iterable[Spend], ended: Iterable[str]) -> None:
         # Each spend moves its amount from the grant's hold to a hold of its own request, so

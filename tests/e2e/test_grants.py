@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
-from tests.harness import Stack, ledger, wait_for
+from faregate import processes
+from faregate.pb.auth.v1 import auth_pb2, auth_pb2_grpc
+from tests.conftest import fake_catalog
+from tests.harness import Infra, Stack, ledger, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -26,10 +32,10 @@ def key_id_of(stack: Stack, key: str) -> str:
     return value
 
 
-def well_inside_a_minute() -> None:
-    """The per-minute count must not roll over mid-test: start with 20 s of the window left."""
+def well_inside_a_minute(needed: float = 20) -> None:
+    """The per-minute count must not roll over mid-test: start with ``needed`` s of the window left."""
     left = 60 - time.time() % 60
-    if left < 20:
+    if left < needed:
         time.sleep(left + 0.5)
 
 
@@ -81,3 +87,36 @@ def test_requests_admitted_on_funds_grants_are_each_metered_and_nothing_stays_he
     spent = -sum(e.amount_micros for e in usage)
     assert spent > 0
     assert round(stack.balance_usd(acc) * 1e6) == 5_000_000 - spent
+
+
+@pytest.fixture(scope="module")
+def long_grants(infra: Infra, fake_upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose grants last up to a minute: only auth's change message on NATS can end
+    an edge's grant in time for the test below."""
+    catalog = fake_catalog(fake_upstream.base_url, processes.free_port())
+    env = {"FAKE_UPSTREAM_KEY": "sk-fake-upstream", "FAREGATE_GRANT_SECONDS": "60"}
+    with Stack(Path(tmp_path_factory.mktemp("grants")), infra, catalog=catalog, env=env).running() as s:
+        yield s
+
+
+def test_a_key_revoked_elsewhere_loses_its_grant_through_the_change_message(long_grants: Stack) -> None:
+    """Revoked over auth's API (another edge, a tool), not through this edge: the edge hears
+    faregate.keys.changed on NATS and ends the key's grant long before the grant would end."""
+    stack = long_grants
+    acc = stack.create_account(plan="unlimited")
+    key = stack.create_key(acc)
+    key_id = key_id_of(stack, key)
+    well_inside_a_minute(needed=40)  # the grant lives to the minute's end: at least 40 s
+    assert asyncio.run(_requests(stack.url, key, 30, in_flight=2)) == [200] * 30  # busy: granted
+    with grpc.insecure_channel(stack.addrs["auth"]) as channel:
+        auth_pb2_grpc.AuthServiceStub(channel).RevokeKey(
+            auth_pb2.RevokeKeyRequest(account_id=acc, key_id=key_id), timeout=10
+        )
+
+    def refused() -> bool:
+        resp = stack.http.post(
+            "/v1/chat/completions", json={"model": "faregate/echo", "messages": HELLO}, headers=auth(key)
+        )
+        return resp.status_code == 401
+
+    wait_for(refused, timeout=20, what="the edge to end the revoked key's grant")

@@ -138,11 +138,16 @@ async def test_a_grant_takes_what_room_is_left(counters: Counters) -> None:
     rpm_bucket, rpd_bucket = check("x", 0, ()).buckets()[:2]
     # 5 more admissions and 2 more slots asked: all fit (1 + 5 <= 8 today, 1 + 2 <= 4 slots)
     assert await counters.admit(check("a", 5, ("a.0", "a.1"))) == (None, 6, 5, 2)
-    # 5 more asked, but the day allows 8: 2 are left, the request's own plus 1
-    assert await counters.admit(check("b", 5, ("b.0", "b.1"))) == (None, 8, 1, 0)  # 3 of 4 slots held: 1 for b
+    await counters.release("conc:{g}", "a.0")
+    await counters.release("conc:{g}", "a.1")
+    # 5 more asked, but the day has room for 2: the request's own and 1 more
+    assert await counters.admit(check("b", 5, ("b.0", "b.1"))) == (None, 8, 1, 2)
     assert await counters.admit(check("c", 0, ())) == ("requests_per_day", 8, 0, 0)
     await counters.refund(rpd_bucket, 3)
     await counters.refund(rpm_bucket, 3)
     assert await counters.get(rpd_bucket) == 5 and await counters.get(rpm_bucket) == 5
+    # room in the day, but only the request's own slot is free: a grant could not be spent
+    await counters.release("conc:{g}", "b")
+    assert await counters.admit(check("d", 5, ("d.0",))) == (None, 6, 0, 0)
     await counters.refund("never-counted", 3)
     assert await counters.get("never-counted") == 0
