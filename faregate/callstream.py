@@ -491,6 +491,7 @@ class StreamedCall(Generic[Resp]):
             if not self.ended and self.lane is not None:
                 self.ended = True
                 self.lane.control(calls_pb2.Call(call_id=self.call_id, cancel=True), forget=True)
+                self._wake()  # a read waiting for the next result returns the end
 
 
 STOPPING_AVOID_S = 2.0

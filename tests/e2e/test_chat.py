@@ -213,3 +213,35 @@ def test_health_reports_every_service(stack: Stack) -> None:
     assert body["status"] == "ok"
     assert body["services"] == {s: "SERVING" for s in ("edge", "auth", "router", "billing")}
     assert body["metering"]["consumer_connected"] is True
+
+
+def test_a_client_that_goes_away_mid_stream_stops_the_upstream_and_is_metered_for_what_it_got(
+    stack: Stack, account: tuple[str, str], fake_upstream
+) -> None:
+    """The edge notices the client leave (not only at its next write): the router's call is
+    cancelled, the upstream response closed, and the request is metered as cancelled, for
+    the chunks relayed so far rather than the 60 the upstream would have sent."""
+    _, key = account
+    fake_upstream.set_behavior("ok", model="fake-upstream-model", chunks=60, chunk_interval=0.1)
+    try:
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with httpx.stream(
+            "POST", f"{stack.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as s:
+            assert s.status_code == 200
+            next(s.iter_lines())  # the first event arrived; then the client hangs up
+        record = wait_for(
+            lambda: next(
+                (
+                    r
+                    for r in stack.http.get("/v1/requests", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+                    if r["stream"]
+                ),
+                None,
+            ),
+            what="the cancelled stream's request record",
+        )
+    finally:
+        fake_upstream.reset()
+    assert record["status"] == "client_cancelled"
+    assert record["completion_tokens"] < 30  # stopped early, not after the 60 chunks

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from faregate.callstream import StreamedCall
 from faregate.errors import FaregateError, PayloadTooLarge, RateLimited, UpstreamError
@@ -277,12 +278,48 @@ async def _answer(
         return Response(first.data, media_type="application/json", headers=headers)
     headers["Cache-Control"] = "no-cache"
     headers["X-Accel-Buffering"] = "no"
-    return StreamingResponse(relay(call, first, slot), media_type="text/event-stream", headers=headers)
+    return EventStream(call, relay(call, first, slot), headers)
+
+
+class EventStream(Response):
+    """The SSE answer, written to the ASGI server directly: one ``send`` per relayed batch,
+    and one task that waits for the client to go away and then closes the call (which ends
+    the relay and stops the upstream). Starlette's StreamingResponse ran the same loop in
+    an anyio task group with a second task, per stream."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        call: StreamedCall[router_pb2.CompletionChunk],
+        events: AsyncGenerator[bytes, None],
+        headers: dict[str, str],
+    ) -> None:
+        self._call = call
+        self._events = events
+        self.status_code = 200
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        watcher = asyncio.create_task(self._watch(receive))
+        try:
+            async for events in self._events:
+                await send({"type": "http.response.body", "body": events, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            await self._events.aclose()
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._call.close()
 
 
 async def relay(
     call: StreamedCall[router_pb2.CompletionChunk], first: router_pb2.CompletionChunk, slot: Slot
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """SSE out of router chunks; a failure after the first byte becomes an error event."""
     slot.keep_alive()
     try:
