@@ -136,11 +136,16 @@ class CallServer:
             call_id = call.call_id
             try:
                 async with contextlib.aclosing(method(request_type.FromString(call.request), context)) as responses:
+                    first = True
                     async for response in responses:
                         if window.left <= 0:
                             await window.refilled()
                         window.left -= 1
                         out.put(result(call_id=call_id, response=response.SerializeToString(), more=True))
+                        if first:
+                            first = False
+                            if len(out.windows) == 1:  # alone: the first token goes out before the rest
+                                await asyncio.sleep(0)
                 answer = result(call_id=call_id)
             except Exception as exc:
                 answer = _failed(call_id, exc)
@@ -200,7 +205,8 @@ class CallServer:
                 while not ended:
                     # one message for every result that queued while the last one was written
                     items = [await outbox.get()]
-                    await asyncio.sleep(0)  # let the calls woken in this round of the loop answer first
+                    if len(running) > 1:  # let the other calls woken in this round of the loop answer first
+                        await asyncio.sleep(0)
                     while not outbox.empty() and len(items) < MAX_BATCH:
                         items.append(outbox.get_nowait())
                     answers = []
