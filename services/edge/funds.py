@@ -28,6 +28,11 @@ from faregate.pb.router.v1 import router_pb2, router_pb2_grpc
 log = logging.getLogger(__name__)
 
 
+def key_digest(key: str) -> bytes:
+    """What the edge keeps of a presented key (its account here, its grants): never the key."""
+    return hashlib.sha256(key.encode()).digest()
+
+
 @dataclass(frozen=True)
 class Price:
     prompt_micros: int  # per 1M tokens
@@ -137,17 +142,14 @@ class Funds:
         asked = body.get("max_completion_tokens") or body.get("max_tokens")
         return max(_worst(price, size, asked) for price in known)
 
-    @staticmethod
-    def _digest(key: str) -> bytes:
-        return hashlib.sha256(key.encode()).digest()
+    def account_of(self, key: bytes) -> str | None:
+        """The account of a live key seen before, by the key's digest (``key_digest``)."""
+        return self._accounts.get(key)
 
-    def account_of(self, key: str) -> str | None:
-        return self._accounts.get(self._digest(key))
-
-    def remember(self, key: str, account_id: str) -> None:
+    def remember(self, key: bytes, account_id: str) -> None:
         if len(self._accounts) > 100_000:
             self._accounts.clear()
-        self._accounts[self._digest(key)] = account_id
+        self._accounts[key] = account_id
 
     @staticmethod
     def now() -> float:

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -41,10 +41,6 @@ from services.edge.slots import SlotReleases
 SWEEP_S = 0.25  # ended grants give back their free slots at least this often
 REPORT_S = 0.1  # spends of funds grants reach billing within about this
 MAX_WANTED = 1_000
-
-
-def digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
 
 
 class _Rate:
@@ -67,26 +63,68 @@ class _Rate:
         return max(self._now.get(subject, 0), self._last.get(subject, 0))
 
 
+class _Grant:
+    until: float  # monotonic
+
+
+G = TypeVar("G", bound=_Grant)
+
+
+class _Book(Generic[G]):
+    """Live grants by subject (a key's digest, an account), each until its ``until``; the
+    subject's recent use sizes its next one. ``_ended`` gives back what an ended one held."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._grants: dict[Any, G] = {}
+        self._rate = _Rate(1.0, clock)
+
+    def _live(self, subject: Any) -> G | None:
+        grant = self._grants.get(subject)
+        if grant is not None and self._clock() >= grant.until:
+            self._end(subject, grant)
+            return None
+        return grant
+
+    def _install(self, subject: Any, grant: G) -> None:
+        old = self._grants.pop(subject, None)
+        if old is not None:
+            self._ended(old)
+        self._grants[subject] = grant
+
+    def sweep(self) -> None:
+        now = self._clock()
+        for subject, grant in list(self._grants.items()):
+            if now >= grant.until:
+                self._end(subject, grant)
+
+    def _end(self, subject: Any, grant: G) -> None:
+        if self._grants.get(subject) is grant:
+            del self._grants[subject]
+        self._ended(grant)
+
+    def _ended(self, grant: G) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class _KeyGrant:
+class _KeyGrant(_Grant):
     reply: auth_pb2.AuthenticateResponse  # the admission the grant repeats (no slot, no grant)
     left: int
     free: list[str]  # slots held for the grant and not in use
     needs_slot: bool  # the key has a concurrency limit
-    until: float  # monotonic
+    until: float
     window: int
     ended: bool = False
 
 
-class AdmissionGrants:
+class AdmissionGrants(_Book[_KeyGrant]):
     """Admission grants of auth, per presented key (by digest: never the key itself)."""
 
     def __init__(self, releases: SlotReleases, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
         self._releases = releases
-        self._clock = clock
-        self._grants: dict[bytes, _KeyGrant] = {}
         self._by_slot: dict[str, _KeyGrant] = {}
-        self._rate = _Rate(1.0, clock)
         self._in_flight: dict[bytes, int] = {}
         self._returned: list[auth_pb2.GrantReturn] = []
         self._asking: dict[bytes, asyncio.Future[None]] = {}  # one grant asked for per key at a time
@@ -94,10 +132,10 @@ class AdmissionGrants:
     def take(self, key: bytes) -> tuple[auth_pb2.AuthenticateResponse, str] | None:
         """A granted admission for the key and its slot, or None (ask auth)."""
         self._rate.add(key)
-        grant = self._grants.get(key)
+        grant = self._live(key)
         if grant is None:
             return None
-        if grant.left <= 0 or self._clock() >= grant.until:
+        if grant.left <= 0:
             self._end(key, grant)
             return None
         if grant.needs_slot and not grant.free:
@@ -146,9 +184,6 @@ class AdmissionGrants:
         """Keep the grant auth sent with this admission (ending the key's earlier one)."""
         if not reply.HasField("grant"):
             return
-        old = self._grants.pop(key, None)
-        if old is not None:
-            self._end(key, old)
         g = reply.grant
         template = auth_pb2.AuthenticateResponse()
         template.CopyFrom(reply)
@@ -157,7 +192,7 @@ class AdmissionGrants:
         grant = _KeyGrant(
             template, g.admissions, list(g.slot_ids), bool(reply.slot_id), self._clock() + g.valid_ms / 1000, g.window
         )
-        self._grants[key] = grant
+        self._install(key, grant)
         for slot in g.slot_ids:
             self._by_slot[slot] = grant
 
@@ -179,15 +214,7 @@ class AdmissionGrants:
             if grant.reply.key_id == key_id:
                 self._end(key, grant)
 
-    def sweep(self) -> None:
-        now = self._clock()
-        for key, grant in list(self._grants.items()):
-            if now >= grant.until:
-                self._end(key, grant)
-
-    def _end(self, key: bytes, grant: _KeyGrant) -> None:
-        if self._grants.get(key) is grant:
-            del self._grants[key]
+    def _ended(self, grant: _KeyGrant) -> None:
         if grant.ended:
             return
         grant.ended = True
@@ -203,42 +230,33 @@ class AdmissionGrants:
 
 
 @dataclass
-class _FundsGrant:
+class _FundsGrant(_Grant):
     id: str
     left: int
     until: float
-    pending: dict[str, int] = field(default_factory=dict)  # request id → amount, not yet reported
 
 
-class FundsGrants:
+class FundsGrants(_Book[_FundsGrant]):
     """Funds grants of billing, per account; spends are reported in batches off the path."""
 
     def __init__(
         self, billing: billing_pb2_grpc.BillingServiceStub, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        super().__init__(clock)
         self._billing = billing
-        self._clock = clock
-        self._grants: dict[str, _FundsGrant] = {}
-        self._pending: dict[str, _FundsGrant] = {}  # request id → the grant it spent
-        self._ended: list[str] = []
-        self._rate = _Rate(1.0, clock)
+        self._pending: dict[str, tuple[_FundsGrant, int]] = {}  # request id → (its grant, amount), unreported
+        self._ended_ids: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
     def take(self, account_id: str, request_id: str, amount: int) -> bool:
         """Admit the request against the account's grant (True), or not (ask billing)."""
         self._rate.add(account_id, amount)
-        grant = self._grants.get(account_id)
-        if grant is None:
-            return False
-        if self._clock() >= grant.until:
-            self._end(account_id, grant)
-            return False
-        if grant.left < amount:
+        grant = self._live(account_id)
+        if grant is None or grant.left < amount:
             return False
         grant.left -= amount
-        grant.pending[request_id] = amount
-        self._pending[request_id] = grant
+        self._pending[request_id] = (grant, amount)
         self._schedule()
         return True
 
@@ -246,34 +264,23 @@ class FundsGrants:
         return self._rate.recent(account_id)
 
     def install(self, account_id: str, reply: billing_pb2.Wallet) -> None:
-        if not reply.HasField("grant"):
-            return
-        old = self._grants.pop(account_id, None)
-        if old is not None:
-            self._end(account_id, old)
-        g = reply.grant
-        self._grants[account_id] = _FundsGrant(g.id, g.micros, self._clock() + g.valid_ms / 1000)
+        if reply.HasField("grant"):
+            g = reply.grant
+            self._install(account_id, _FundsGrant(g.id, g.micros, self._clock() + g.valid_ms / 1000))
 
     def release(self, request_id: str) -> bool:
         """A granted request ended without an answer: if billing has not heard of it yet,
         its amount simply goes back to the grant (True); otherwise billing must drop the
         hold it became (False)."""
-        grant = self._pending.pop(request_id, None)
-        if grant is None:
+        spent = self._pending.pop(request_id, None)
+        if spent is None:
             return False
-        grant.left += grant.pending.pop(request_id)
+        grant, amount = spent
+        grant.left += amount
         return True
 
-    def sweep(self) -> None:
-        now = self._clock()
-        for account_id, grant in list(self._grants.items()):
-            if now >= grant.until:
-                self._end(account_id, grant)
-
-    def _end(self, account_id: str, grant: _FundsGrant) -> None:
-        if self._grants.get(account_id) is grant:
-            del self._grants[account_id]
-        self._ended.append(grant.id)
+    def _ended(self, grant: _FundsGrant) -> None:
+        self._ended_ids.append(grant.id)
         grant.left = 0
         self._schedule()
 
@@ -282,14 +289,14 @@ class FundsGrants:
             self._timer = asyncio.get_running_loop().call_later(REPORT_S, self._flush)
 
     def _report(self) -> billing_pb2.GrantSpends:
-        report = billing_pb2.GrantSpends(ended=self._ended)
-        for request_id, grant in self._pending.items():
-            report.spent.append(
-                billing_pb2.GrantSpend(
-                    grant_id=grant.id, request_id=request_id, amount_micros=grant.pending.pop(request_id)
-                )
-            )
-        self._pending, self._ended = {}, []
+        report = billing_pb2.GrantSpends(
+            spent=[
+                billing_pb2.GrantSpend(grant_id=grant.id, request_id=request_id, amount_micros=amount)
+                for request_id, (grant, amount) in self._pending.items()
+            ],
+            ended=self._ended_ids,
+        )
+        self._pending, self._ended_ids = {}, []
         return report
 
     def _flush(self) -> None:

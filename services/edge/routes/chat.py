@@ -28,7 +28,7 @@ from faregate.pb.billing.v1 import billing_pb2
 from faregate.pb.router.v1 import router_pb2
 from services.edge.clients import COMPLETION_TIMEOUT_S, UNARY_TIMEOUT_S, unary
 from services.edge.context import EdgeContext, bearer, edge, new_request_id
-from services.edge.grants import digest as grant_digest
+from services.edge.funds import key_digest
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -108,53 +108,52 @@ async def admit(
     account is known (auth and billing together), one after the other otherwise. Whatever
     one side granted is given back when the other refuses."""
     grants = ctx.grants
-    digest = grant_digest(key)
+    digest = key_digest(key)
     local = grants.admissions.take(digest) if key else None
-    account = local[0].account_id if local else (ctx.funds.account_of(key) if amount else None)
+    account = local[0].account_id if local else (ctx.funds.account_of(digest) if amount else None)
     hold = NO_HOLD
     if amount and account and grants.funds.take(account, request_id, amount):
         hold = Hold(ctx, request_id, granted=True)
+    reserve = bool(amount) and hold is NO_HOLD  # billing must still hold for it
+
+    if local is None and reserve and account is not None:  # both calls, in one round
+        results: tuple[Any, Any] = await asyncio.gather(
+            _authenticate(ctx, digest, key, client_ip, request_id),
+            _reserve(ctx, account, request_id, amount),
+            return_exceptions=True,
+        )
+        got, held = results
+        if isinstance(got, BaseException):
+            if not isinstance(held, BaseException):
+                Hold(ctx, request_id).release()
+            raise got
+        slot = Slot(ctx, digest, got, got.slot_id)
+        if isinstance(held, BaseException):
+            slot.release()
+            raise held
+        return got, slot, Hold(ctx, request_id)
+
     if local is not None:
-        admitted, slot_id = local
-        slot = Slot(ctx, digest, admitted, slot_id)
-        if amount and hold is NO_HOLD:
-            try:
-                await _reserve(ctx, admitted.account_id, request_id, amount)
-            except BaseException:
-                slot.release()
-                raise
-            hold = Hold(ctx, request_id)
-        return admitted, slot, hold
-    authenticate = _authenticate(ctx, digest, key, client_ip, request_id)
-    if not amount or hold is not NO_HOLD or account is None:
+        admitted, slot = local[0], Slot(ctx, digest, local[0], local[1])
+    else:
         try:
-            admitted = await authenticate
+            admitted = await _authenticate(ctx, digest, key, client_ip, request_id)
         except BaseException:
             hold.release()
             raise
         slot = Slot(ctx, digest, admitted, admitted.slot_id)
-        if not (amount and admitted.billable) or hold is not NO_HOLD:
-            return admitted, slot, hold
-        ctx.funds.remember(key, admitted.account_id)
+        if reserve and admitted.billable:
+            ctx.funds.remember(digest, admitted.account_id)
+        else:
+            reserve = False  # not billed after all (a test key, the guest)
+    if reserve:
         try:
             await _reserve(ctx, admitted.account_id, request_id, amount)
         except BaseException:
             slot.release()
             raise
-        return admitted, slot, Hold(ctx, request_id)
-    results: tuple[Any, Any] = await asyncio.gather(
-        authenticate, _reserve(ctx, account, request_id, amount), return_exceptions=True
-    )
-    got, held = results
-    if isinstance(got, BaseException):
-        if not isinstance(held, BaseException):
-            Hold(ctx, request_id).release()
-        raise got
-    slot = Slot(ctx, digest, got, got.slot_id)
-    if isinstance(held, BaseException):
-        slot.release()
-        raise held
-    return got, slot, Hold(ctx, request_id)
+        hold = Hold(ctx, request_id)
+    return admitted, slot, hold
 
 
 async def _authenticate(

@@ -16,7 +16,7 @@ import orjson
 from faregate.events import CATALOG_CHANGED
 from faregate.money import token_cost
 from faregate.pb.router.v1 import router_pb2
-from services.edge.funds import Funds
+from services.edge.funds import Funds, key_digest
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France, in one word?"}]
 
@@ -82,9 +82,9 @@ async def test_free_test_unknown_and_unparsable_requests_hold_nothing() -> None:
 async def test_a_key_is_remembered_by_digest_only() -> None:
     funds = await loaded()
     key = "gw_live_" + "k" * 32
-    assert funds.account_of(key) is None
-    funds.remember(key, "acc_1")
-    assert funds.account_of(key) == "acc_1" and funds.account_of(key[:-1] + "x") is None
+    assert funds.account_of(key_digest(key)) is None
+    funds.remember(key_digest(key), "acc_1")
+    assert funds.account_of(key_digest(key)) == "acc_1" and funds.account_of(key_digest(key[:-1] + "x")) is None
     assert all(key.encode() not in digest for digest in funds._accounts)
 
 

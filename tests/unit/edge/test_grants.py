@@ -7,7 +7,8 @@ from typing import Any
 
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
-from services.edge.grants import AdmissionGrants, FundsGrants, digest
+from services.edge.funds import key_digest
+from services.edge.grants import AdmissionGrants, FundsGrants
 
 
 class Clock:
@@ -37,7 +38,7 @@ def admissions() -> tuple[AdmissionGrants, Releases, Clock]:
     return AdmissionGrants(releases, clock), releases, clock  # type: ignore[arg-type]
 
 
-KEY = digest("gw_live_example")
+KEY = key_digest("gw_live_example")
 
 
 def test_a_grant_admits_as_many_as_it_holds_with_a_slot_each() -> None:
