@@ -92,63 +92,73 @@ class UsageConsumer:
         """Apply the records of a fetch in one transaction. A message that does not decode is
         dead-lettered whole; a record that is invalid or of an unknown account is dead-lettered
         alone (the rest of its message is applied); a message is acknowledged once all its
-        records are applied or dead-lettered, and redelivered if applying failed."""
-        records: list[UsageRecord] = []
-        good: list[Msg] = []
+        records are applied or dead-lettered, and redelivered if applying failed.
+
+        Dead letters are published only once the batch is settled (applied, or nothing to
+        apply), each with a message id drawn from its message's stream sequence: a batch
+        redelivered after a failure, or after a crash between publishing and acking, does not
+        dead-letter (nor count) the same record twice."""
+        records: list[tuple[UsageRecord, str]] = []  # (record, its dead-letter id)
+        dead: list[tuple[bytes, str, str, str]] = []  # (data, subject, reason, id)
         for msg in msgs:
+            seq = msg.metadata.sequence.stream
             try:
                 found = records_of(msg)
             except DecodeError:
-                await self._dead_letter(msg.data, msg.subject, "malformed UsageRecord")
-                await msg.ack()
+                dead.append((msg.data, msg.subject, "malformed UsageRecord", f"dead:{seq}"))
                 continue
-            for record in found:
+            for i, record in enumerate(found):
                 if problem := _invalid(record):
-                    await self._dead_letter(record.SerializeToString(), msg.subject, problem)
+                    dead.append((record.SerializeToString(), msg.subject, problem, f"dead:{seq}:{i}"))
                 else:
-                    records.append(record)
-            good.append(msg)
-        if not records:
-            for msg in good:
-                await msg.ack()
-            return
-        try:
-            unknown = await self._unknown_accounts({r.account_id for r in records})
-        except Exception as exc:  # auth unreachable: try the batch again later, drop nothing
-            log.warning("cannot check accounts of %d usage records (%s); they will be redelivered", len(records), exc)
-            for msg in good:
-                await msg.nak(delay=1.0)
-            return
-        if unknown:
-            for r in records:
-                if r.account_id in unknown:
-                    await self._dead_letter(
-                        r.SerializeToString(), self._stream.subject, f"unknown account {r.account_id!r}"
-                    )
-            records = [r for r in records if r.account_id not in unknown]
-        try:
-            result = await self._ledger.apply_usage(records) if records else None
-        except Exception:
-            log.exception("applying %d usage records failed; they will be redelivered", len(records))
-            for msg in good:
-                await msg.nak(delay=1.0)
-            return
-        if result is not None:
-            self.stats.applied += result.applied
-            self.stats.duplicates += result.duplicates
-            if result.duplicates:
-                log.info(
-                    "%d usage records were already applied (redelivered or republished): no-ops", result.duplicates
+                    records.append((record, f"dead:{seq}:{i}"))
+        if records:
+            try:
+                unknown = await self._unknown_accounts({r.account_id for r, _ in records})
+            except Exception as exc:  # auth unreachable: try the batch again later, drop nothing
+                log.warning(
+                    "cannot check accounts of %d usage records (%s); they will be redelivered", len(records), exc
                 )
-        for msg in good:
+                await self._nak(msgs)
+                return
+            for r, dead_id in records:
+                if r.account_id in unknown:
+                    dead.append(
+                        (r.SerializeToString(), self._stream.subject, f"unknown account {r.account_id!r}", dead_id)
+                    )
+            known = [r for r, _ in records if r.account_id not in unknown]
+            try:
+                result = await self._ledger.apply_usage(known) if known else None
+            except Exception:
+                log.exception("applying %d usage records failed; they will be redelivered", len(known))
+                await self._nak(msgs)
+                return
+            if result is not None:
+                self.stats.applied += result.applied
+                self.stats.duplicates += result.duplicates
+                if result.duplicates:
+                    log.info(
+                        "%d usage records were already applied (redelivered or republished): no-ops",
+                        result.duplicates,
+                    )
+        for data, subject, reason, dead_id in dead:
+            await self._dead_letter(data, subject, reason, dead_id)
+        for msg in msgs:
             await msg.ack()
 
-    async def _dead_letter(self, data: bytes, subject: str, reason: str) -> None:
-        await self._js.publish(
+    @staticmethod
+    async def _nak(msgs: list[Msg]) -> None:
+        for msg in msgs:
+            await msg.nak(delay=1.0)
+
+    async def _dead_letter(self, data: bytes, subject: str, reason: str, dead_id: str) -> None:
+        ack = await self._js.publish(
             self._stream.dead_letter_subject,
             data,
-            headers={"Faregate-Reason": reason, "Faregate-Subject": subject},
+            headers={"Faregate-Reason": reason, "Faregate-Subject": subject, "Nats-Msg-Id": dead_id},
         )
+        if ack.duplicate:  # dead-lettered by an earlier delivery of the same message
+            return
         self.stats.dead_lettered += 1
         log.error("usage record dead-lettered: %s", reason)
 
