@@ -104,7 +104,11 @@ async def pull_batches(
 
 async def connect(url: str, *, name: str, attempts: int = 60, **options: Any) -> NATS:
     """Connect, waiting for a NATS server that is still starting (up to ``attempts`` × 0.5 s).
-    ``options`` go to ``nats.connect`` (callbacks such as ``reconnected_cb``)."""
+    ``options`` go to ``nats.connect`` (callbacks such as ``reconnected_cb``). Plain TCP
+    (``nats://``, ``tls://``) only: websocket URLs are refused, for most services import
+    nats-py without its websocket transport (lifecycle.import_nats_without_websockets)."""
+    if any(u.strip().lower().startswith(("ws://", "wss://")) for u in url.split(",")):
+        raise ValueError(f"NATS over websockets is not supported; use a nats:// URL, not {url.split('://')[0]}://")
     for attempt in range(attempts):
         try:
             return await nats.connect(

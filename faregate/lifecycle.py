@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import resource
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any
 
@@ -31,6 +32,23 @@ def raise_open_files_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             return target
     return soft
+
+
+def import_nats_without_websockets() -> None:
+    """Import nats-py with its optional websocket transport left out.
+
+    nats-py imports aiohttp at import time, if it can, for ``ws://`` servers. auth, billing
+    and the edge reach NATS over plain TCP and have no other use for aiohttp at start (billing
+    imports it for Stripe, on first use), so it would cost each of them ~9 MB for nothing
+    (docs/adr/0002-hot-path.md, memory). aiohttp is hidden only while nats-py is imported and
+    stays importable afterwards; ``events.connect`` refuses ``ws://`` URLs in every service."""
+    if "nats" in sys.modules or "aiohttp" in sys.modules:
+        return
+    sys.modules["aiohttp"] = None  # type: ignore[assignment]  # makes `import aiohttp` raise ImportError
+    try:
+        import nats  # noqa: F401
+    finally:
+        del sys.modules["aiohttp"]
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

@@ -225,5 +225,10 @@ def wait_http_ok(url: str, proc: Proc | None = None, timeout: float = 60.0) -> N
     raise TimeoutError(f"{url} not healthy after {timeout:.0f}s")
 
 
+def split_host_port(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def base_env() -> dict[str, str]:
     return dict(os.environ)

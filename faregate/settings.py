@@ -130,8 +130,3 @@ def load_or_create_secret(path: Path) -> str:
     finally:
         tmp.unlink()
     return path.read_text().strip()
-
-
-def split_host_port(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from faregate.settings import EdgeSettings, split_host_port
+from faregate.processes import split_host_port
+from faregate.settings import EdgeSettings
 from services.edge import errors
 from services.edge.clients import Clients
 from services.edge.context import EdgeContext, parse_networks
