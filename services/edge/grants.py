@@ -36,7 +36,7 @@ import grpc
 
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2, billing_pb2_grpc
-from services.edge.slots import SlotReleases
+from services.edge.slots import Flusher, SlotReleases
 
 SWEEP_S = 0.25  # ended grants give back their free slots at least this often
 REPORT_S = 0.1  # spends of funds grants reach billing within about this
@@ -246,8 +246,7 @@ class FundsGrants(_Book[_FundsGrant]):
         self._billing = billing
         self._pending: dict[str, tuple[_FundsGrant, int]] = {}  # request id → (its grant, amount), unreported
         self._ended_ids: list[str] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self._flusher = Flusher(REPORT_S, self._report, self._send)
 
     def take(self, account_id: str, request_id: str, amount: int) -> bool:
         """Admit the request against the account's grant (True), or not (ask billing)."""
@@ -257,7 +256,7 @@ class FundsGrants(_Book[_FundsGrant]):
             return False
         grant.left -= amount
         self._pending[request_id] = (grant, amount)
-        self._schedule()
+        self._flusher.schedule()
         return True
 
     def wanted(self, account_id: str) -> int:
@@ -282,13 +281,12 @@ class FundsGrants(_Book[_FundsGrant]):
     def _ended(self, grant: _FundsGrant) -> None:
         self._ended_ids.append(grant.id)
         grant.left = 0
-        self._schedule()
+        self._flusher.schedule()
 
-    def _schedule(self) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(REPORT_S, self._flush)
-
-    def _report(self) -> billing_pb2.GrantSpends:
+    def _report(self) -> billing_pb2.GrantSpends | None:
+        """What to tell billing since the last report (None: nothing)."""
+        if not self._pending and not self._ended_ids:
+            return None
         report = billing_pb2.GrantSpends(
             spent=[
                 billing_pb2.GrantSpend(grant_id=grant.id, request_id=request_id, amount_micros=amount)
@@ -298,14 +296,6 @@ class FundsGrants(_Book[_FundsGrant]):
         )
         self._pending, self._ended_ids = {}, []
         return report
-
-    def _flush(self) -> None:
-        self._timer = None
-        report = self._report()
-        if report.spent or report.ended:
-            task = asyncio.create_task(self._send(report))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
 
     async def _send(self, report: billing_pb2.GrantSpends) -> None:
         # The spends must not be lost: until billing has them, their grant's hold (which
@@ -320,11 +310,7 @@ class FundsGrants(_Book[_FundsGrant]):
     async def close(self) -> None:
         for account_id, grant in list(self._grants.items()):
             self._end(account_id, grant)
-        if self._timer is not None:
-            self._timer.cancel()
-        self._flush()
-        if self._sending:
-            await asyncio.wait(self._sending, timeout=5)
+        await self._flusher.close()
 
 
 class Grants:

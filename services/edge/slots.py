@@ -12,24 +12,59 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 import grpc
 
 from faregate.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 
+T = TypeVar("T")
+
+
+class Flusher(Generic[T]):
+    """Sends what was gathered, ``delay`` after the first thing since the last send, off the
+    request path: ``collect`` takes the batch (falsy when there is nothing), ``send`` sends
+    it in a task of its own. ``close`` sends what is left and waits (up to 5 s) for the
+    sends under way. Slot releases and funds-grant spends (grants.py) both go this way."""
+
+    def __init__(
+        self, delay: float, collect: Callable[[], T | None], send: Callable[[T], Coroutine[Any, Any, None]]
+    ) -> None:
+        self._delay = delay
+        self._collect = collect
+        self._send = send
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def schedule(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._delay, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        if batch := self._collect():
+            task = asyncio.create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.flush()
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=5)
+
 
 class SlotReleases:
     def __init__(self, auth: auth_pb2_grpc.AuthServiceStub, delay: float = 0.02) -> None:
         self._auth = auth
-        self._delay = delay
         self._pending: list[auth_pb2.ReleaseRequest] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self._flusher = Flusher(delay, self.take, self._send)
 
     def add(self, release: auth_pb2.ReleaseRequest) -> None:
         self._pending.append(release)
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._delay, self._flush)
+        self._flusher.schedule()
 
     def take(self) -> list[auth_pb2.ReleaseRequest]:
         """Everything gathered, for the next Authenticate to carry."""
@@ -41,21 +76,9 @@ class SlotReleases:
         for release in taken:
             self.add(release)
 
-    def _flush(self) -> None:
-        self._timer = None
-        if batch := self.take():
-            task = asyncio.create_task(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
     async def _send(self, batch: list[auth_pb2.ReleaseRequest]) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError):
             await self._auth.ReleaseMany(auth_pb2.ReleaseBatch(slots=batch), timeout=5)
 
     async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._flush()
-        if self._sending:
-            await asyncio.wait(self._sending, timeout=5)
+        await self._flusher.close()
