@@ -587,15 +587,18 @@ def chart(r: dict[str, Any]) -> None:
     conc = list(r["json"])
     names = list(r["json"][conc[0]])
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
-    for name in names:
-        a.plot(conc, [med(r["json"][x][name], "rps") for x in conc], marker="o", label=name)
-        b.plot(conc, [med(r["json"][x][name], "p99_ms") for x in conc], marker="o", label=name)
-        if name != "direct":
-            c.plot(conc, [med(r["json"][x][name], "cpu_ms_per_request") for x in conc], marker="o", label=name)
-    a.set(title="requests/s", xlabel="in flight")
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(names):
+        style = {"marker": "o", "label": name, "color": palette[i % len(palette)]}  # one colour per target
+        a.plot(conc, [med(r["json"][x][name], "rps") for x in conc], **style)
+        b.plot(conc, [med(r["json"][x][name], "p99_ms") for x in conc], **style)
+        if name != "direct":  # the upstream alone: no gateway to charge
+            c.plot(conc, [med(r["json"][x][name], "cpu_ms_per_request") for x in conc], **style)
+    a.set(title="requests/s", xlabel="in flight", yscale="log")
     b.set(title="p99 latency, ms", xlabel="in flight", yscale="log")
-    c.set(title="CPU ms per request (all processes)", xlabel="in flight")
+    c.set(title="CPU ms per request (all processes)", xlabel="in flight", yscale="log")
     a.legend()
+    c.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "latest.png", dpi=100)
 
