@@ -122,6 +122,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ReleaseMany(self, request: pb.ReleaseBatch, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
         for slot in request.slots:
             await self._auth.release(slot.key_id, slot.slot_id)
+        for returned in request.returned:
+            await self._auth.refund(returned.key_id, returned.unused, returned.window)
         return pb.ReleaseResponse()
 
     async def Renew(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:

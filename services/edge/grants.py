@@ -12,7 +12,8 @@ The bounds, written down in ADR 11:
 
 - An admission grant is counted before it is spent: a key's window counts up to one grant
   ahead of its requests, and the unspent rest is given back to the window when the grant
-  ends (``returned``, carried by this edge's next Authenticate). auth sizes grants at most
+  ends (``returned``: carried by this edge's next Authenticate, or with the slot releases
+  when none comes in time, and at the latest when the edge stops). auth sizes grants at most
   1/8 of a window's budget and half the key's concurrency, and only as large as this
   edge's recent rate for the key.
 - A revoked or changed key stops being admitted here as soon as auth's change message
@@ -98,6 +99,10 @@ class _Book(Generic[G]):
             if now >= grant.until:
                 self._end(subject, grant)
 
+    def end_all(self) -> None:
+        for subject, grant in list(self._grants.items()):
+            self._end(subject, grant)
+
     def _end(self, subject: Any, grant: G) -> None:
         if self._grants.get(subject) is grant:
             del self._grants[subject]
@@ -126,7 +131,6 @@ class AdmissionGrants(_Book[_KeyGrant]):
         self._releases = releases
         self._by_slot: dict[str, _KeyGrant] = {}
         self._in_flight: dict[bytes, int] = {}
-        self._returned: list[auth_pb2.GrantReturn] = []
         self._asking: dict[bytes, asyncio.Future[None]] = {}  # one grant asked for per key at a time
 
     def take(self, key: bytes) -> tuple[auth_pb2.AuthenticateResponse, str] | None:
@@ -158,9 +162,7 @@ class AdmissionGrants(_Book[_KeyGrant]):
         """Fill in what to ask auth for: a grant as large as this edge's recent rate for the
         key, slots for as many requests as it has in flight, and the ended grants' returns.
         True when a grant is asked for: the caller calls ``answered`` once auth has replied."""
-        if self._returned:
-            request.returned.extend(self._returned)
-            self._returned = []
+        request.returned.extend(self._releases.take_returns())
         wanted = min(self._rate.recent(key), MAX_WANTED)
         if wanted < 2 or key in self._asking:
             return False
@@ -219,7 +221,7 @@ class AdmissionGrants(_Book[_KeyGrant]):
             return
         grant.ended = True
         if grant.left > 0:
-            self._returned.append(
+            self._releases.add_return(
                 auth_pb2.GrantReturn(key_id=grant.reply.key_id, unused=grant.left, window=grant.window)
             )
             grant.left = 0
@@ -308,8 +310,7 @@ class FundsGrants(_Book[_FundsGrant]):
                 await asyncio.sleep(0.5 * (attempt + 1))
 
     async def close(self) -> None:
-        for account_id, grant in list(self._grants.items()):
-            self._end(account_id, grant)
+        self.end_all()
         await self._flusher.close()
 
 
@@ -335,4 +336,5 @@ class Grants:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.admissions.end_all()  # their free slots and unspent admissions go to the releases, sent at their close
         await self.funds.close()

@@ -6,6 +6,10 @@ edge does not make a call for that: it keeps the release and sends it inside its
 within ``delay``, one ``ReleaseMany`` carries everything gathered. Under load that takes a
 unary round trip off every request (ADR 7). Slots are leases, so a release lost with a
 crashed edge costs nothing but the lease.
+
+The unspent admissions of ended grants (ADR 11) travel the same way (``returned``): inside
+the next ``Authenticate``, or the ``ReleaseMany`` when none comes in time, and at the latest
+when the edge stops. Unlike a release, a return is sent once only: auth may have applied it.
 """
 
 from __future__ import annotations
@@ -60,15 +64,25 @@ class SlotReleases:
     def __init__(self, auth: auth_pb2_grpc.AuthServiceStub, delay: float = 0.02) -> None:
         self._auth = auth
         self._pending: list[auth_pb2.ReleaseRequest] = []
-        self._flusher = Flusher(delay, self.take, self._send)
+        self._returned: list[auth_pb2.GrantReturn] = []
+        self._flusher = Flusher(delay, self._batch, self._send)
 
     def add(self, release: auth_pb2.ReleaseRequest) -> None:
         self._pending.append(release)
         self._flusher.schedule()
 
+    def add_return(self, returned: auth_pb2.GrantReturn) -> None:
+        self._returned.append(returned)
+        self._flusher.schedule()
+
     def take(self) -> list[auth_pb2.ReleaseRequest]:
-        """Everything gathered, for the next Authenticate to carry."""
+        """The releases gathered, for the next Authenticate to carry."""
         taken, self._pending = self._pending, []
+        return taken
+
+    def take_returns(self) -> list[auth_pb2.GrantReturn]:
+        """The returns gathered, for the next Authenticate to carry (never given back)."""
+        taken, self._returned = self._returned, []
         return taken
 
     def give_back(self, taken: list[auth_pb2.ReleaseRequest]) -> None:
@@ -76,9 +90,14 @@ class SlotReleases:
         for release in taken:
             self.add(release)
 
-    async def _send(self, batch: list[auth_pb2.ReleaseRequest]) -> None:
+    def _batch(self) -> auth_pb2.ReleaseBatch | None:
+        if not self._pending and not self._returned:
+            return None
+        return auth_pb2.ReleaseBatch(slots=self.take(), returned=self.take_returns())
+
+    async def _send(self, batch: auth_pb2.ReleaseBatch) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError):
-            await self._auth.ReleaseMany(auth_pb2.ReleaseBatch(slots=batch), timeout=5)
+            await self._auth.ReleaseMany(batch, timeout=5)
 
     async def close(self) -> None:
         await self._flusher.close()

@@ -74,7 +74,10 @@ def test_a_revoked_key_is_refused_at_once_even_with_a_grant(stack: Stack) -> Non
 
 
 def test_requests_admitted_on_funds_grants_are_each_metered_and_nothing_stays_held(stack: Stack) -> None:
-    acc = stack.create_account(plan="unlimited", credit_usd=5)
+    # Each request holds its worst case (16,000 tokens at 2 USD/M: 0.032 USD) until the ledger
+    # applies its usage, which trails the answers; 50 USD leaves room for all 80 and the
+    # grants even when the ledger lags far behind (5 USD did not, on a loaded machine: 402).
+    acc = stack.create_account(plan="unlimited", credit_usd=50)
     key = stack.create_key(acc)
     statuses = asyncio.run(_requests(stack.url, key, 80, in_flight=8, model="fake-model"))
     assert statuses == [200] * 80
@@ -86,7 +89,7 @@ def test_requests_admitted_on_funds_grants_are_each_metered_and_nothing_stays_he
     assert len(usage) == 80 and len({e.request_id for e in usage}) == 80
     spent = -sum(e.amount_micros for e in usage)
     assert spent > 0
-    assert round(stack.balance_usd(acc) * 1e6) == 5_000_000 - spent
+    assert round(stack.balance_usd(acc) * 1e6) == 50_000_000 - spent
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +123,19 @@ def test_a_key_revoked_elsewhere_loses_its_grant_through_the_change_message(long
         return resp.status_code == 401
 
     wait_for(refused, timeout=20, what="the edge to end the revoked key's grant")
+
+
+def test_an_edge_that_stops_gives_back_what_its_grants_did_not_spend(long_grants: Stack) -> None:
+    """Grants are counted in the key's day before they are spent. An edge stopped (a deploy,
+    a restart) ends its grants and returns their unspent admissions to auth, so the key keeps
+    every request of its day it did not send."""
+    stack = long_grants
+    key = stack.create_key(stack.create_account(plan="unlimited"))
+    stack.admin("PATCH", f"/admin/keys/{key_id_of(stack, key)}", {"requests_per_day": 200})
+    well_inside_a_minute(needed=40)  # grants live to the minute's end: the restart happens within one
+    assert asyncio.run(_requests(stack.url, key, 60, in_flight=4)) == [200] * 60  # busy: granted
+    stack.procs["edge"].stop()
+    stack.start_service("edge")
+    statuses = asyncio.run(_requests(stack.url, key, 160, in_flight=4))
+    assert statuses.count(200) == 140, statuses  # 200 a day, 60 sent before the restart
+    assert statuses.count(429) == 20

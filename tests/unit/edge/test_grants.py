@@ -8,7 +8,9 @@ from typing import Any
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
 from services.edge.funds import key_digest
-from services.edge.grants import AdmissionGrants, FundsGrants
+from services.edge.grants import AdmissionGrants, FundsGrants, Grants
+from services.edge.slots import SlotReleases
+from tests.unit.edge.test_slots import RecordingAuth
 
 
 class Clock:
@@ -22,9 +24,17 @@ class Clock:
 class Releases:
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.returned: list[auth_pb2.GrantReturn] = []
 
     def add(self, release: auth_pb2.ReleaseRequest) -> None:
         self.sent.append(release.slot_id)
+
+    def add_return(self, returned: auth_pb2.GrantReturn) -> None:
+        self.returned.append(returned)
+
+    def take_returns(self) -> list[auth_pb2.GrantReturn]:
+        taken, self.returned = self.returned, []
+        return taken
 
 
 def granted(admissions: int, slots: list[str], own_slot: str = "s", valid_ms: int = 1000) -> Any:
@@ -164,3 +174,18 @@ async def test_an_expired_funds_grant_is_not_spent() -> None:
     assert funds.wanted("acc_1") == 10  # the rate of spend sizes the next grant
     await funds.close()
     assert [list(r.ended) for r in billing.reports] == [["gr_1"]]
+
+
+async def test_an_edge_that_stops_gives_back_its_grants_unspent_admissions_and_free_slots() -> None:
+    """No later Authenticate will carry them: closing the grants hands them to the slot
+    releases, whose close sends them in one ReleaseMany."""
+    auth: Any = RecordingAuth()
+    releases = SlotReleases(auth, delay=60)  # only the close can send them
+    admissions = AdmissionGrants(releases)
+    grants = Grants(admissions, FundsGrants(billing=None))  # type: ignore[arg-type]  # no funds grants here
+    admissions.install(KEY, granted(5, ["a", "b"]))
+    assert admissions.take(KEY) is not None  # one spent, its slot in use
+    await grants.close()
+    await releases.close()
+    assert auth.returned == [("key_1", 4, 60)]
+    assert len(auth.batches) == 1 and len(auth.batches[0]) == 1  # the free slot; the one in use ends with its request

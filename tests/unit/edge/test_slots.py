@@ -16,10 +16,12 @@ class RecordingAuth:
 
     def __init__(self, fail: bool = False) -> None:
         self.batches: list[list[str]] = []
+        self.returned: list[tuple[str, int, int]] = []
         self.fail = fail
 
     async def ReleaseMany(self, batch: auth_pb2.ReleaseBatch, timeout: float) -> auth_pb2.ReleaseResponse:
         self.batches.append([s.slot_id for s in batch.slots])
+        self.returned.extend((r.key_id, r.unused, r.window) for r in batch.returned)
         if self.fail:
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
         return auth_pb2.ReleaseResponse()
@@ -54,3 +56,19 @@ async def test_a_failed_flush_is_dropped_quietly() -> None:
     await asyncio.sleep(0.05)
     assert auth.batches == [["s1"]]  # tried once; the slot's lease is the safety net
     await releases.close()
+
+
+async def test_returned_admissions_ride_on_the_next_admission_or_flush_and_are_never_sent_twice() -> None:
+    auth: Any = RecordingAuth()
+    releases = SlotReleases(auth, delay=0.05)
+    releases.add_return(auth_pb2.GrantReturn(key_id="k", unused=3, window=60))
+    assert [r.unused for r in releases.take_returns()] == [3]  # an Authenticate carries it
+    await asyncio.sleep(0.1)
+    assert auth.batches == [] and auth.returned == []
+    releases.add_return(auth_pb2.GrantReturn(key_id="k", unused=4, window=60))
+    releases.add(slot(1))
+    await asyncio.sleep(0.1)
+    assert auth.batches == [["s1"]] and auth.returned == [("k", 4, 60)]  # idle: with the releases
+    releases.add_return(auth_pb2.GrantReturn(key_id="k", unused=5, window=120))
+    await releases.close()  # the edge stops: what is left goes now
+    assert auth.returned == [("k", 4, 60), ("k", 5, 120)]
