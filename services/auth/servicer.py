@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
@@ -86,10 +86,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Authenticate(
         self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthenticateResponse:
-        for slot in request.released:
-            await self._auth.release(slot.key_id, slot.slot_id)
-        for returned in request.returned:
-            await self._auth.refund(returned.key_id, returned.unused, returned.window)
+        await self._given_back(request.released, request.returned)
         admission = await self._auth.admit(
             request.api_key, request.client_ip, grant=request.grant_wanted, grant_slots=request.grant_slots_wanted
         )
@@ -120,11 +117,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return pb.ReleaseResponse()
 
     async def ReleaseMany(self, request: pb.ReleaseBatch, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
-        for slot in request.slots:
-            await self._auth.release(slot.key_id, slot.slot_id)
-        for returned in request.returned:
-            await self._auth.refund(returned.key_id, returned.unused, returned.window)
+        await self._given_back(request.slots, request.returned)
         return pb.ReleaseResponse()
+
+    async def _given_back(self, slots: Iterable[pb.ReleaseRequest], returned: Iterable[pb.GrantReturn]) -> None:
+        """What an edge hands back, inside an Authenticate or a ReleaseMany: slots released,
+        and the unspent admissions of its ended grants (ADR 11)."""
+        for slot in slots:
+            await self._auth.release(slot.key_id, slot.slot_id)
+        for r in returned:
+            await self._auth.refund(r.key_id, r.unused, r.window)
 
     async def Renew(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
         await self._auth.renew(request.key_id, request.slot_id)

@@ -15,23 +15,7 @@ from faregate.pb.events.v1.usage_pb2 import UsageBatch, UsageRecord
 from services.billing.consumer import UsageConsumer
 from services.billing.ledger import Ledger
 from tests.harness import Infra
-
-
-def usage(rid: str, cost: int) -> UsageRecord:
-    return UsageRecord(
-        request_id=rid,
-        account_id="acc_1",
-        key_id="key_1",
-        model="m",
-        provider="p",
-        provider_model="pm",
-        endpoint="chat.completions",
-        prompt_tokens=3,
-        completion_tokens=4,
-        cost_micros=cost,
-        billable=True,
-        status=UsageRecord.STATUS_OK,
-    )
+from tests.unit.billing.test_ledger import usage
 
 
 async def test_a_batch_redelivered_after_a_failure_dead_letters_its_bad_record_once(
@@ -61,7 +45,7 @@ async def test_a_batch_redelivered_after_a_failure_dead_letters_its_bad_record_o
     )
     task = asyncio.create_task(consumer.run())
     try:
-        good, bad = usage(f"req_{tag}_good", 100), usage(f"req_{tag}_bad", -5)
+        good, bad = usage(f"req_{tag}_good", cost=100), usage(f"req_{tag}_bad", cost=-5)
         await js.publish(
             stream.subject,
             UsageBatch(records=[good, bad]).SerializeToString(),
