@@ -10,18 +10,17 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from faregate.processes import split_host_port
+from faregate.runtime import Supervisor
 from faregate.settings import EdgeSettings
 from services.edge import errors
-from services.edge.clients import Clients
+from services.edge.changes import follow_changes
+from services.edge.clients import AuthClient, BillingClient, Clients, RouterClient
 from services.edge.context import EdgeContext, parse_networks
-from services.edge.funds import Funds
-from services.edge.grants import AdmissionGrants, FundsGrants, Grants
+from services.edge.gateway import Gateway
 from services.edge.routes import admin, billing, chat, health, keys, models, providers, webhooks
-from services.edge.slots import SlotReleases
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +29,35 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         clients = Clients.connect(settings)
-        funds = Funds(clients.router)
-        funds.start(settings.nats_url)
-        releases = SlotReleases(clients.auth)
-        grants = Grants(AdmissionGrants(releases), FundsGrants(clients.billing))
-        grants.start()
-        funds.on_key_changed = grants.admissions.forget
+        gateway = Gateway(
+            AuthClient(clients), BillingClient(clients), RouterClient(clients), max_body_bytes=settings.max_body_bytes
+        )
+        supervisor = Supervisor("edge")
+        for name, run in gateway.components().items():
+            supervisor.add(name, run)
+        if settings.nats_url:
+            nats_url = settings.nats_url
+            # not required: without it, prices refresh on their timer and grants end within a second
+            supervisor.add(
+                "nats-changes",
+                lambda: follow_changes(nats_url, gateway.prices.changed, gateway.key_changed),
+                required=False,
+            )
+        supervisor.start()
         try:
             ctx = EdgeContext(
                 settings,
                 clients,
                 settings.admin_secret(),
-                funds,
-                releases,
-                grants,
+                gateway,
+                supervisor,
                 parse_networks(settings.trusted_proxies),
             )
             yield {"edge": ctx}
         finally:
-            await grants.close()
-            await releases.close()
-            await funds.close()
+            # in order: stop the background work, give back what the edge holds, close
+            await supervisor.stop()
+            await gateway.close()
             await clients.close()
 
     app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -60,14 +67,15 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     return app
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[[Request, Send], Awaitable[None]]
 
 
 class HotPath:
     """The inference routes as bare ASGI in front of the FastAPI app (ADR 2): no middleware
-    stack or route matching on every request and every streamed write; a failure leaves
-    through the same error boundary (errors.failure_response). Everything else, the
-    lifespan included, is the app's."""
+    stack or route matching on every request and every streamed write; a failure before the
+    answer starts leaves through the same error boundary (errors.failure_response; after it,
+    a streamed answer ends with an error event). Everything else, the lifespan included,
+    is the app's."""
 
     def __init__(self, app: ASGIApp, routes: Mapping[str, Endpoint]) -> None:
         self._app = app
@@ -80,10 +88,9 @@ class HotPath:
             return
         request = Request(scope, receive)
         try:
-            response = await endpoint(request)
+            await endpoint(request, send)
         except Exception as exc:
-            response = errors.failure_response(request, exc)
-        await response(scope, receive, send)
+            await errors.failure_response(request, exc)(scope, receive, send)
 
 
 def create_asgi(settings: EdgeSettings) -> HotPath:

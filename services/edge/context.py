@@ -1,21 +1,19 @@
-"""What every edge request can reach: settings and gRPC clients (built in the lifespan)."""
+"""What every edge request can reach, built in the lifespan: settings, the gateway core,
+the gRPC clients (for the account and admin routes) and the edge's supervisor."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import secrets
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from fastapi import Request
 
+from faregate.runtime import Supervisor
 from faregate.settings import EdgeSettings
+from services.edge.callers import Credentials
 from services.edge.clients import Clients
-from services.edge.funds import Funds
-from services.edge.grants import Grants
-from services.edge.slots import SlotReleases
+from services.edge.gateway import Gateway
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -25,17 +23,12 @@ class EdgeContext:
     settings: EdgeSettings
     clients: Clients
     admin_token: str
-    funds: Funds
-    releases: SlotReleases
-    grants: Grants
+    gateway: Gateway
+    supervisor: Supervisor
     trusted_proxies: tuple[Network, ...] = ()
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
-    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run follow-up work (slot releases) off the client's path, keeping a reference."""
-        task = asyncio.create_task(work)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+    def credentials(self, request: Request) -> Credentials:
+        return Credentials(bearer(request), self.client_ip(request))
 
     def client_ip(self, request: Request) -> str:
         """The socket peer, or the first X-Forwarded-For hop when the peer is a trusted proxy."""

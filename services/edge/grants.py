@@ -27,16 +27,12 @@ The bounds, written down in ADR 11:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-import grpc
-
-from faregate.pb.auth.v1 import auth_pb2
-from faregate.pb.billing.v1 import billing_pb2, billing_pb2_grpc
+from services.edge.callers import AdmissionAsk, Admitted, Caller, FundsGrant, GrantReturn, GrantSpend, SlotRelease
 from services.edge.slots import Flusher, SlotReleases
 
 SWEEP_S = 0.25  # ended grants give back their free slots at least this often
@@ -114,7 +110,7 @@ class _Book(Generic[G]):
 
 @dataclass
 class _KeyGrant(_Grant):
-    reply: auth_pb2.AuthenticateResponse  # the admission the grant repeats (no slot, no grant)
+    caller: Caller  # the admission the grant repeats
     left: int
     free: list[str]  # slots held for the grant and not in use
     needs_slot: bool  # the key has a concurrency limit
@@ -133,7 +129,7 @@ class AdmissionGrants(_Book[_KeyGrant]):
         self._in_flight: dict[bytes, int] = {}
         self._asking: dict[bytes, asyncio.Future[None]] = {}  # one grant asked for per key at a time
 
-    def take(self, key: bytes) -> tuple[auth_pb2.AuthenticateResponse, str] | None:
+    def take(self, key: bytes) -> tuple[Caller, str] | None:
         """A granted admission for the key and its slot, or None (ask auth)."""
         self._rate.add(key)
         grant = self._live(key)
@@ -146,7 +142,7 @@ class AdmissionGrants(_Book[_KeyGrant]):
             return None  # more in flight here than the grant has slots for: ask auth for this one
         grant.left -= 1
         self.started(key)
-        return grant.reply, grant.free.pop() if grant.needs_slot else ""
+        return grant.caller, grant.free.pop() if grant.needs_slot else ""
 
     def started(self, key: bytes) -> None:
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
@@ -158,16 +154,15 @@ class AdmissionGrants(_Book[_KeyGrant]):
         else:
             self._in_flight.pop(key, None)
 
-    def ask(self, key: bytes, request: auth_pb2.AuthenticateRequest) -> bool:
-        """Fill in what to ask auth for: a grant as large as this edge's recent rate for the
-        key, slots for as many requests as it has in flight, and the ended grants' returns.
-        True when a grant is asked for: the caller calls ``answered`` once auth has replied."""
-        request.returned.extend(self._releases.take_returns())
+    def ask(self, key: bytes, ask: AdmissionAsk) -> bool:
+        """Fill in the grant to ask auth for: as large as this edge's recent rate for the key,
+        with slots for as many requests as it has in flight. True when a grant is asked for:
+        the caller calls ``answered`` once auth has replied."""
         wanted = min(self._rate.recent(key), MAX_WANTED)
         if wanted < 2 or key in self._asking:
             return False
-        request.grant_wanted = wanted
-        request.grant_slots_wanted = min(self._in_flight.get(key, 0) + 1, wanted)
+        ask.grant_wanted = wanted
+        ask.grant_slots_wanted = min(self._in_flight.get(key, 0) + 1, wanted)
         self._asking[key] = asyncio.get_running_loop().create_future()
         return True
 
@@ -182,17 +177,18 @@ class AdmissionGrants(_Book[_KeyGrant]):
         if asking is not None:
             await asyncio.shield(asking)
 
-    def install(self, key: bytes, reply: auth_pb2.AuthenticateResponse) -> None:
+    def install(self, key: bytes, admitted: Admitted) -> None:
         """Keep the grant auth sent with this admission (ending the key's earlier one)."""
-        if not reply.HasField("grant"):
+        g = admitted.grant
+        if g is None:
             return
-        g = reply.grant
-        template = auth_pb2.AuthenticateResponse()
-        template.CopyFrom(reply)
-        template.ClearField("grant")
-        template.slot_id = ""
         grant = _KeyGrant(
-            template, g.admissions, list(g.slot_ids), bool(reply.slot_id), self._clock() + g.valid_ms / 1000, g.window
+            admitted.caller,
+            g.admissions,
+            list(g.slot_ids),
+            bool(admitted.slot_id),
+            self._clock() + g.valid_ms / 1000,
+            g.window,
         )
         self._install(key, grant)
         for slot in g.slot_ids:
@@ -213,21 +209,20 @@ class AdmissionGrants(_Book[_KeyGrant]):
     def forget(self, key_id: str) -> None:
         """The key changed (revoked, new limits or routing): end its grants at once."""
         for key, grant in list(self._grants.items()):
-            if grant.reply.key_id == key_id:
+            if grant.caller.key_id == key_id:
                 self._end(key, grant)
 
     def _ended(self, grant: _KeyGrant) -> None:
         if grant.ended:
             return
         grant.ended = True
+        key_id = grant.caller.key_id
         if grant.left > 0:
-            self._releases.add_return(
-                auth_pb2.GrantReturn(key_id=grant.reply.key_id, unused=grant.left, window=grant.window)
-            )
+            self._releases.add_return(GrantReturn(key_id, grant.left, grant.window))
             grant.left = 0
         for slot in grant.free:
             del self._by_slot[slot]
-            self._releases.add(auth_pb2.ReleaseRequest(key_id=grant.reply.key_id, slot_id=slot))
+            self._releases.add(SlotRelease(key_id, slot))
         grant.free = []
 
 
@@ -238,17 +233,22 @@ class _FundsGrant(_Grant):
     until: float
 
 
+class GrantSettlement(Protocol):
+    async def settle_grants(self, spent: Sequence[GrantSpend], ended: Sequence[str]) -> None: ...
+
+
+Report = tuple[list[GrantSpend], list[str]]
+
+
 class FundsGrants(_Book[_FundsGrant]):
     """Funds grants of billing, per account; spends are reported in batches off the path."""
 
-    def __init__(
-        self, billing: billing_pb2_grpc.BillingServiceStub, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, billing: GrantSettlement, clock: Callable[[], float] = time.monotonic, **flusher: Any) -> None:
         super().__init__(clock)
         self._billing = billing
         self._pending: dict[str, tuple[_FundsGrant, int]] = {}  # request id → (its grant, amount), unreported
         self._ended_ids: list[str] = []
-        self._flusher = Flusher(REPORT_S, self._report, self._send)
+        self.flusher: Flusher[Report] = Flusher("funds-grant spends", REPORT_S, self._report, self._send, **flusher)
 
     def take(self, account_id: str, request_id: str, amount: int) -> bool:
         """Admit the request against the account's grant (True), or not (ask billing)."""
@@ -258,16 +258,15 @@ class FundsGrants(_Book[_FundsGrant]):
             return False
         grant.left -= amount
         self._pending[request_id] = (grant, amount)
-        self._flusher.schedule()
+        self.flusher.schedule()
         return True
 
     def wanted(self, account_id: str) -> int:
         return self._rate.recent(account_id)
 
-    def install(self, account_id: str, reply: billing_pb2.Wallet) -> None:
-        if reply.HasField("grant"):
-            g = reply.grant
-            self._install(account_id, _FundsGrant(g.id, g.micros, self._clock() + g.valid_ms / 1000))
+    def install(self, account_id: str, grant: FundsGrant | None) -> None:
+        if grant is not None:
+            self._install(account_id, _FundsGrant(grant.id, grant.micros, self._clock() + grant.valid_ms / 1000))
 
     def release(self, request_id: str) -> bool:
         """A granted request ended without an answer: if billing has not heard of it yet,
@@ -283,58 +282,42 @@ class FundsGrants(_Book[_FundsGrant]):
     def _ended(self, grant: _FundsGrant) -> None:
         self._ended_ids.append(grant.id)
         grant.left = 0
-        self._flusher.schedule()
+        self.flusher.schedule()
 
-    def _report(self) -> billing_pb2.GrantSpends | None:
+    def _report(self) -> Report | None:
         """What to tell billing since the last report (None: nothing)."""
         if not self._pending and not self._ended_ids:
             return None
-        report = billing_pb2.GrantSpends(
-            spent=[
-                billing_pb2.GrantSpend(grant_id=grant.id, request_id=request_id, amount_micros=amount)
-                for request_id, (grant, amount) in self._pending.items()
-            ],
-            ended=self._ended_ids,
-        )
+        spent = [GrantSpend(grant.id, request_id, amount) for request_id, (grant, amount) in self._pending.items()]
+        report = (spent, self._ended_ids)
         self._pending, self._ended_ids = {}, []
         return report
 
-    async def _send(self, report: billing_pb2.GrantSpends) -> None:
-        # The spends must not be lost: until billing has them, their grant's hold (which
-        # lapses ~30 s after the grant) is all that covers them.
-        for attempt in range(3):
-            try:
-                await self._billing.SettleGrants(report, timeout=5)
-                return
-            except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.5 * (attempt + 1))
+    async def _send(self, report: Report) -> None:
+        # Retried until billing has it (the flusher): until then the grant's hold, which
+        # billing keeps ~30 s past the grant, is all that covers the spends.
+        await self._billing.settle_grants(*report)
 
-    async def close(self) -> None:
+    async def close(self) -> bool:
         self.end_all()
-        await self._flusher.close()
+        return await self.flusher.close()
 
 
 class Grants:
-    """Both kinds, swept together."""
+    """Both kinds, swept together: ``sweep`` is a supervised component."""
 
     def __init__(self, admissions: AdmissionGrants, funds: FundsGrants) -> None:
         self.admissions = admissions
         self.funds = funds
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._sweep())
-
-    async def _sweep(self) -> None:
+    async def sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_S)
             self.admissions.sweep()
             self.funds.sweep()
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.admissions.end_all()  # their free slots and unspent admissions go to the releases, sent at their close
-        await self.funds.close()
+    async def close(self) -> bool:
+        """End every grant: their free slots and unspent admissions go to the releases (sent
+        at their close, after this), the spends and ends of funds grants to billing."""
+        self.admissions.end_all()
+        return await self.funds.close()

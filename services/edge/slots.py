@@ -4,100 +4,144 @@ A request's slot (taken by auth's ``Authenticate``) is given back when the reque
 edge does not make a call for that: it keeps the release and sends it inside its next
 ``Authenticate`` (``released``), which auth applies before deciding; when no request comes
 within ``delay``, one ``ReleaseMany`` carries everything gathered. Under load that takes a
-unary round trip off every request (ADR 7). Slots are leases, so a release lost with a
-crashed edge costs nothing but the lease.
+unary round trip off every request (ADR 7).
 
 The unspent admissions of ended grants (ADR 11) travel the same way (``returned``): inside
 the next ``Authenticate``, or the ``ReleaseMany`` when none comes in time, and at the latest
-when the edge stops. Unlike a release, a return is sent once only: auth may have applied it.
+when the edge stops. A release or return that cannot be delivered is retried until auth has
+it (both are idempotent there: a slot is released once, a grant refunded once).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Coroutine
-from typing import Any, Generic, TypeVar
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
-import grpc
+from services.edge.callers import GrantReturn, SlotRelease
 
-from faregate.pb.auth.v1 import auth_pb2, auth_pb2_grpc
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
 class Flusher(Generic[T]):
     """Sends what was gathered, ``delay`` after the first thing since the last send, off the
-    request path: ``collect`` takes the batch (falsy when there is nothing), ``send`` sends
-    it in a task of its own. ``close`` sends what is left and waits (up to 5 s) for the
-    sends under way. Slot releases and funds-grant spends (grants.py) both go this way."""
+    request path, one batch at a time: ``collect`` takes the batch (falsy when there is
+    nothing), ``send`` delivers it or raises, and a batch that failed is sent again (with
+    backoff) until it is delivered. ``run`` is the flusher's supervised component; ``close``
+    delivers what is left, within ``timeout``. Slot releases and funds-grant spends
+    (grants.py) both go this way."""
 
     def __init__(
-        self, delay: float, collect: Callable[[], T | None], send: Callable[[T], Coroutine[Any, Any, None]]
+        self,
+        name: str,
+        delay: float,
+        collect: Callable[[], T | None],
+        send: Callable[[T], Coroutine[Any, Any, None]],
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        backoff: tuple[float, float] = (0.1, 5.0),
     ) -> None:
+        self.name = name
         self._delay = delay
         self._collect = collect
         self._send = send
-        self._timer: asyncio.TimerHandle | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sleep = sleep
+        self._backoff = backoff
+        self._wake = asyncio.Event()
+        self._undelivered: list[T] = []  # taken and not yet delivered, oldest first
 
     def schedule(self) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._delay, self.flush)
+        self._wake.set()
 
-    def flush(self) -> None:
-        self._timer = None
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._sleep(self._delay)
+            await self._deliver(self._retry_forever)
+
+    async def _deliver(self, attempt: Callable[[T], Awaitable[None]]) -> None:
         if batch := self._collect():
-            task = asyncio.create_task(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._undelivered.append(batch)
+        while self._undelivered:
+            await attempt(self._undelivered[0])
+            self._undelivered.pop(0)
 
-    async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.flush()
-        if self._sending:
-            await asyncio.wait(self._sending, timeout=5)
+    async def _retry_forever(self, batch: T) -> None:
+        delay, failures = self._backoff[0], 0
+        while True:
+            try:
+                await self._send(batch)
+                if failures:
+                    log.info("%s delivered after %d failed tries", self.name, failures)
+                return
+            except Exception as exc:
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.warning("%s not delivered (%s); retrying until it is", self.name, exc)
+                await self._sleep(delay)
+                delay = min(delay * 2, self._backoff[1])
+
+    async def close(self, timeout: float = 5.0) -> bool:
+        """Deliver everything gathered (and anything a stopped ``run`` left), trying until
+        ``timeout``. False, logged as an error, if something could still not be delivered."""
+        try:
+            await asyncio.wait_for(self._deliver(self._retry_forever), timeout)
+        except TimeoutError:
+            log.error("%s: %d batches could not be delivered before stopping", self.name, len(self._undelivered))
+            return False
+        return True
+
+
+class AuthReleases(Protocol):
+    async def release(self, slots: Sequence[SlotRelease], returned: Sequence[GrantReturn]) -> None: ...
+
+
+Batch = tuple[list[SlotRelease], list[GrantReturn]]
 
 
 class SlotReleases:
-    def __init__(self, auth: auth_pb2_grpc.AuthServiceStub, delay: float = 0.02) -> None:
+    def __init__(self, auth: AuthReleases, delay: float = 0.02, **flusher: Any) -> None:
         self._auth = auth
-        self._pending: list[auth_pb2.ReleaseRequest] = []
-        self._returned: list[auth_pb2.GrantReturn] = []
-        self._flusher = Flusher(delay, self._batch, self._send)
+        self._pending: list[SlotRelease] = []
+        self._returned: list[GrantReturn] = []
+        self.flusher: Flusher[Batch] = Flusher("slot releases", delay, self._batch, self._send, **flusher)
 
-    def add(self, release: auth_pb2.ReleaseRequest) -> None:
+    def add(self, release: SlotRelease) -> None:
         self._pending.append(release)
-        self._flusher.schedule()
+        self.flusher.schedule()
 
-    def add_return(self, returned: auth_pb2.GrantReturn) -> None:
+    def add_return(self, returned: GrantReturn) -> None:
         self._returned.append(returned)
-        self._flusher.schedule()
+        self.flusher.schedule()
 
-    def take(self) -> list[auth_pb2.ReleaseRequest]:
+    def take(self) -> list[SlotRelease]:
         """The releases gathered, for the next Authenticate to carry."""
         taken, self._pending = self._pending, []
         return taken
 
-    def take_returns(self) -> list[auth_pb2.GrantReturn]:
-        """The returns gathered, for the next Authenticate to carry (never given back)."""
+    def take_returns(self) -> list[GrantReturn]:
+        """The returns gathered, for the next Authenticate to carry."""
         taken, self._returned = self._returned, []
         return taken
 
-    def give_back(self, taken: list[auth_pb2.ReleaseRequest]) -> None:
-        """The call that carried them failed: send them again (releasing twice is harmless)."""
-        for release in taken:
-            self.add(release)
+    def give_back(self, releases: list[SlotRelease], returns: list[GrantReturn]) -> None:
+        """The call that carried them failed: send them again (auth applies each once)."""
+        self._pending.extend(releases)
+        self._returned.extend(returns)
+        if releases or returns:
+            self.flusher.schedule()
 
-    def _batch(self) -> auth_pb2.ReleaseBatch | None:
+    def _batch(self) -> Batch | None:
         if not self._pending and not self._returned:
             return None
-        return auth_pb2.ReleaseBatch(slots=self.take(), returned=self.take_returns())
+        return self.take(), self.take_returns()
 
-    async def _send(self, batch: auth_pb2.ReleaseBatch) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await self._auth.ReleaseMany(batch, timeout=5)
+    async def _send(self, batch: Batch) -> None:
+        await self._auth.release(*batch)
 
-    async def close(self) -> None:
-        await self._flusher.close()
+    async def close(self) -> bool:
+        return await self.flusher.close()

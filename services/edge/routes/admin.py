@@ -200,5 +200,5 @@ async def update_key(request: Request, key_id: str) -> Response:
     limits = auth_pb2.Limits(**body.model_dump(exclude_none=True, include=set(LIMIT_FIELDS)))
     update = auth_pb2.UpdateKeyRequest(key_id=key_id, limits=limits, routing=await body.routing(request))
     updated = await unary(edge(request).clients.auth.UpdateKey, update)
-    edge(request).grants.admissions.forget(key_id)  # other edges hear it from auth over NATS
+    edge(request).gateway.key_changed(key_id)  # other edges hear it from auth over NATS
     return json_response(key_json(updated))

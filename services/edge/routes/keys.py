@@ -73,7 +73,7 @@ async def update_key(request: Request, key_id: str) -> Response:
         raise InvalidRequest("give routing_mode and/or preferred_provider", param="routing_mode")
     update = auth_pb2.UpdateKeyRequest(key_id=key_id, account_id=me.account_id, routing=routing)
     updated = await unary(edge(request).clients.auth.UpdateKey, update)
-    edge(request).grants.admissions.forget(key_id)  # other edges hear it from auth over NATS
+    edge(request).gateway.key_changed(key_id)  # other edges hear it from auth over NATS
     return json_response(key_json(updated))
 
 
@@ -83,5 +83,5 @@ async def revoke_key(request: Request, key_id: str) -> Response:
     revoked = await unary(
         edge(request).clients.auth.RevokeKey, auth_pb2.RevokeKeyRequest(account_id=me.account_id, key_id=key_id)
     )
-    edge(request).grants.admissions.forget(key_id)  # other edges hear it from auth over NATS
+    edge(request).gateway.key_changed(key_id)  # other edges hear it from auth over NATS
     return json_response({**key_json(revoked), "deleted": True})

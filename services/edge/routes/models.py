@@ -86,7 +86,7 @@ async def set_pricing(request: Request, model_id: str) -> Response:
             model=model_id, pricing=router_pb2.Pricing(prompt=body.prompt, completion=body.completion)
         ),
     )
-    await edge(request).funds.refresh()  # this edge's hold sizes follow at once; others on the NATS notice
+    await edge(request).gateway.prices.refresh()  # this edge's hold sizes follow at once; others on the NATS notice
     return json_response(model_json(model))
 
 

@@ -24,11 +24,10 @@ def request(peer: str, headers: dict[str, str]) -> Request:
 def ctx(trusted: str) -> EdgeContext:
     return EdgeContext(
         EdgeSettings(),
-        clients=None,
+        clients=None,  # type: ignore[arg-type]
         admin_token="x",
-        funds=None,  # type: ignore[arg-type]
-        releases=None,  # type: ignore[arg-type]
-        grants=None,  # type: ignore[arg-type]
+        gateway=None,  # type: ignore[arg-type]
+        supervisor=None,  # type: ignore[arg-type]
         trusted_proxies=parse_networks(trusted),
     )
 
