@@ -75,23 +75,31 @@ async def pull_batches(
     """Batches of up to ``size`` messages from a pull subscription, for ever: a fetch that
     times out is tried again, one that fails (NATS restarting) after 0.5 s, and after a short
     batch ``fill_wait`` lets the next one fill (consumers are off the client's path).
-    ``reached`` is told whether each fetch reached NATS.
+    ``reached`` is told whether each fetch reached NATS (one that found nothing did).
 
     Close it (``contextlib.aclosing``) when the consumer stops: the subscription is dropped,
     for records fetched but not handled would hold the connection's drain until its timeout
     (unacknowledged, they are redelivered)."""
+    failing = False  # logged once per outage, not every half second
     try:
         while True:
             try:
                 msgs = await sub.fetch(size, timeout=1.0)
             except TimeoutError:
+                if reached is not None:
+                    reached(True)
                 continue
             except Exception as exc:
                 if reached is not None:
                     reached(False)
-                log.warning("usage fetch failed (%s); retrying", exc)
+                if not failing:
+                    log.warning("usage fetch failed (%s); retrying every 0.5 s", exc)
+                failing = True
                 await asyncio.sleep(0.5)
                 continue
+            if failing:
+                log.info("usage fetch works again")
+                failing = False
             if reached is not None:
                 reached(True)
             yield msgs
@@ -144,11 +152,8 @@ class UsagePublisher:
         self._linger = linger  # after a record arrives, how long the next ones may join its batch
         self._queue: asyncio.Queue[UsageRecord] = asyncio.Queue()
         self._max_in_flight = max_in_flight
-        self._task: asyncio.Task[None] | None = None
+        self._in_hand: list[UsageRecord] = []
         self.published = 0
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage-publisher")
 
     def submit(self, record: UsageRecord) -> None:
         """Hand a record over; never blocks the request that produced it."""
@@ -158,27 +163,29 @@ class UsagePublisher:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    async def close(self, timeout: float = 10.0) -> None:
-        """Publish what is queued (up to ``timeout``), then stop."""
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait (up to ``timeout``) until what is queued is published: the stop order's flush
+        step, before the supervisor stops :meth:`run`."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout)
         if self._queue.qsize():
             log.error("usage publisher stopped with %d records unpublished", self._queue.qsize())
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Publish queued records for ever (a supervised component, faregate/runtime.py). A
+        batch taken from the queue stays in hand until published, so a run that fails or is
+        restarted publishes it first instead of losing it."""
         while True:
-            batch = [await self._queue.get()]
-            if self._linger:
-                await asyncio.sleep(self._linger)
-            while len(batch) < self._max_in_flight and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._publish(batch)
-            for _ in batch:
+            if not self._in_hand:
+                self._in_hand = [await self._queue.get()]
+                if self._linger:
+                    await asyncio.sleep(self._linger)
+                while len(self._in_hand) < self._max_in_flight and not self._queue.empty():
+                    self._in_hand.append(self._queue.get_nowait())
+            await self._publish(self._in_hand)
+            for _ in self._in_hand:
                 self._queue.task_done()
+            self._in_hand = []
 
     async def _publish(self, batch: list[UsageRecord]) -> None:
         """Publish a batch as few stream messages (each up to BATCH_RECORDS records), pipelined

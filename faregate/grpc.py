@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -12,6 +13,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from faregate.errors import FaregateError, from_metadata
+from faregate.pb.rpc.v1 import runtime_pb2, runtime_pb2_grpc
+from faregate.runtime import State, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +104,13 @@ async def start_server(
     addr: str,
     register: Callable[[grpc.aio.Server], None],
     service_names: Iterable[str],
+    supervisor: Supervisor | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """A started grpc.aio server with our interceptor, health service and reflection."""
+    """A started grpc.aio server with our interceptor, health service and reflection.
+
+    With a ``supervisor`` its health ("" and each service name) follows the supervisor:
+    NOT_SERVING while a required component is down; and ``faregate.rpc.v1.Runtime`` lists
+    the components. Without one the server is SERVING once started."""
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
         options=[
@@ -123,13 +131,80 @@ async def start_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = list(service_names)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    extra = []
+    if supervisor is not None:
+        runtime_pb2_grpc.add_RuntimeServicer_to_server(RuntimeServicer(supervisor), server)
+        extra.append(runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].full_name)
+    reflection.enable_server_reflection([*names, *extra, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     if server.add_insecure_port(addr) == 0:
         raise OSError(f"cannot listen on {addr}")
     await server.start()
-    for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if supervisor is None:
+        for name in ["", *names]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    else:
+        reporter = HealthReporter(health_servicer, ["", *names], supervisor.serving)
+        await reporter.apply()
+        supervisor.watch(reporter.changed)
+        supervisor.add("grpc-health", reporter.run, required=False)
     return server, health_servicer
+
+
+class HealthReporter:
+    """Carries a supervisor's ``serving`` flips (told synchronously) to grpc.health.v1 (whose
+    ``set`` is a coroutine), always the latest value."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, names: list[str], serving: bool) -> None:
+        self._servicer = servicer
+        self._names = names
+        self._serving = serving
+        self._changed = asyncio.Event()
+
+    def changed(self, serving: bool) -> None:
+        self._serving = serving
+        self._changed.set()
+
+    async def apply(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self._serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self._names:
+            await self._servicer.set(name, status)
+
+    async def run(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self.apply()
+
+
+_STATES = {
+    State.STARTING: runtime_pb2.COMPONENT_STATE_STARTING,
+    State.RUNNING: runtime_pb2.COMPONENT_STATE_RUNNING,
+    State.BACKOFF: runtime_pb2.COMPONENT_STATE_BACKOFF,
+    State.STOPPED: runtime_pb2.COMPONENT_STATE_STOPPED,
+}
+
+
+class RuntimeServicer(runtime_pb2_grpc.RuntimeServicer):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    async def Components(
+        self, request: runtime_pb2.ComponentsRequest, context: grpc.aio.ServicerContext
+    ) -> runtime_pb2.ComponentsResponse:
+        return runtime_pb2.ComponentsResponse(
+            service=self._supervisor.service,
+            serving=self._supervisor.serving,
+            components=[
+                runtime_pb2.Component(
+                    name=c.name,
+                    state=_STATES[c.state],
+                    required=c.required,
+                    restarts=c.restarts,
+                    last_error=c.last_error or "",
+                )
+                for c in self._supervisor.health()
+            ],
+        )
 
 
 def channel_target(addrs: str) -> str:

@@ -10,7 +10,6 @@ streams, and that expires if nobody does). A request without a key is a guest: a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -120,18 +119,10 @@ class Authenticator:
         self._clock = clock
         self._cache: dict[bytes, tuple[float, KeyRow | None]] = {}
         self._last_used: dict[str, int] = {}
-        self._flusher: asyncio.Task[None] | None = None
         # tells the other replicas a key changed (auth's server wires it to NATS KEYS_CHANGED)
         self.announce: Callable[[str], Awaitable[None]] | None = None
 
-    def start(self) -> None:
-        self._flusher = asyncio.create_task(self._flush_last_used())
-
     async def close(self) -> None:
-        if self._flusher:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
         await self._store.touch_keys(self._last_used)
         await self._counters.close()
 
@@ -301,14 +292,17 @@ class Authenticator:
         self._cache[digest] = (now + self._cache_ttl, key)
         return key
 
-    async def _flush_last_used(self) -> None:
+    async def flush_last_used(self, every: float = 5.0) -> None:
+        """Write keys' last-used times every few seconds (a supervised component: a failed
+        write keeps its times for the next one and raises, to be retried after a backoff)."""
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(every)
             pending, self._last_used = self._last_used, {}
             try:
                 await self._store.touch_keys(pending)
-            except Exception:
-                log.exception("could not record key last-used times")
+            except BaseException:
+                self._last_used = {**pending, **self._last_used}
+                raise
 
     # -- accounts and keys ------------------------------------------------------------
 

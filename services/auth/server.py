@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -13,13 +13,14 @@ from faregate import db, events
 from faregate.grpc import start_server
 from faregate.lifecycle import wait_for_shutdown
 from faregate.pb.auth.v1 import auth_pb2, auth_pb2_grpc
+from faregate.runtime import Step, Supervisor, run_until_stopped
 from faregate.settings import AuthSettings
 from services.auth.admission import Authenticator
 from services.auth.keys import KeyHasher
 from services.auth.limits import Counters, LocalCounters, Plans, RedisCounters
 from services.auth.servicer import AuthServicer
 from services.auth.storage import AuthStore
-from services.auth.usage import follow_usage
+from services.auth.usage import UsageFollower
 
 log = logging.getLogger(__name__)
 
@@ -40,57 +41,67 @@ async def serve(settings: AuthSettings) -> None:
         cache_ttl=settings.key_cache_seconds,
         grant_s=settings.grant_seconds,
     )
-    auth.start()
-    following: asyncio.Task[None] | None = None
-    nc = None
+    supervisor = Supervisor("auth")
+    supervisor.add("last-used", auth.flush_last_used, required=False)
+    close: list[Step] = []
     if settings.nats_url:
-        nc = await _follow_key_changes(settings.nats_url, auth)
+        nc = await events.connect(settings.nats_url, name="faregate-auth", reconnected_cb=_forget_all(auth))
+        auth.announce = _announcer(nc)
         stream = events.UsageStream(settings.usage_stream, settings.usage_subject)
         await events.ensure_stream(nc.jetstream(), stream)
-        following = asyncio.create_task(
-            follow_usage(
-                nc.jetstream(), stream, auth, durable=bool(settings.redis_url), fill_wait=settings.usage_batch_wait
-            )
+        follower = UsageFollower(
+            nc.jetstream(), stream, auth, durable=bool(settings.redis_url), fill_wait=settings.usage_batch_wait
         )
+        # tokens per day are enforced only while it counts: auth is not serving without it
+        supervisor.add("usage-follower", follower.run, ready=lambda: nc.is_connected and follower.connected)
+        supervisor.add(
+            "key-changes", lambda: _follow_key_changes(nc, auth), required=False, ready=lambda: nc.is_connected
+        )
+        close.append(nc.drain)
+    supervisor.start()
     addr = settings.bind_addr(settings.auth_addr)
     servicer = AuthServicer(auth)
     server, _ = await start_server(
         addr,
         lambda s: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, s),
         [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name],
+        supervisor,
     )
     log.info("auth listening on %s (limits %s)", addr, "in Redis" if settings.redis_url else "in process")
-    try:
-        await wait_for_shutdown()
-    finally:
-        await servicer.calls.close()
-        await server.stop(grace=5)
-        if following:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
-        if nc:
-            await nc.drain()
-        await auth.close()
-        await engine.dispose()
+    await run_until_stopped(
+        supervisor,
+        server,
+        wait_for_shutdown,
+        stop_admitting=[servicer.calls.close],
+        close=[*close, auth.close, engine.dispose],
+    )
 
 
-async def _follow_key_changes(url: str, auth: Authenticator) -> NATS:
-    """Connect to NATS so that a key changed on any replica is dropped from every replica's
-    cache at once; after a reconnect (messages may have been missed) the whole cache goes."""
-
-    async def reconnected() -> None:
+def _forget_all(auth: Authenticator) -> Callable[[], Awaitable[None]]:
+    async def reconnected() -> None:  # messages may have been missed: the whole cache goes
         auth.forget_all()
 
-    async def changed(msg: Msg) -> None:
-        auth.forget(msg.data.decode())
+    return reconnected
 
-    nc = await events.connect(url, name="faregate-auth", reconnected_cb=reconnected)
-    await nc.subscribe(events.KEYS_CHANGED, cb=changed)
 
+def _announcer(nc: NATS) -> Callable[[str], Awaitable[None]]:
     async def announce(key_id: str) -> None:
         await nc.publish(events.KEYS_CHANGED, key_id.encode())
         await nc.flush(timeout=2)
 
-    auth.announce = announce
-    return nc
+    return announce
+
+
+async def _follow_key_changes(nc: NATS, auth: Authenticator) -> None:
+    """A key changed on any replica is dropped from every replica's cache at once (a
+    supervised component: subscribed while it runs)."""
+
+    async def changed(msg: Msg) -> None:
+        auth.forget(msg.data.decode())
+
+    sub = await nc.subscribe(events.KEYS_CHANGED, cb=changed)
+    try:
+        await asyncio.Event().wait()  # nats-py delivers to ``changed``; this holds the subscription
+    finally:
+        if not nc.is_closed:
+            await sub.unsubscribe()

@@ -4,11 +4,16 @@ Records are fetched in batches and applied in one transaction; a batch is acknow
 when its transaction has committed, so a crash at any point means redelivery, and
 redelivery is a no-op (the ledger is idempotent on request id). A message that cannot be
 decoded or applied on its own goes to the dead-letter subject with its reason and is
-counted; nothing is dropped silently.
+counted; nothing is dropped silently: a dead letter that cannot be published is retried
+until it is, and the batch is acknowledged only after.
+
+``run`` is a supervised component (faregate/runtime.py): when it fails it is restarted, and
+while it is down (or NATS is) ``stats.connected`` is false.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,12 +41,21 @@ async def _all_known(account_ids: Iterable[str]) -> set[str]:
     return set()
 
 
+def _linked() -> bool:
+    return True
+
+
 @dataclass
 class ConsumerStats:
-    connected: bool = False
+    reaching: bool = False  # the consumer runs and its last fetch reached NATS
     applied: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    link: Callable[[], bool] = _linked  # the NATS connection is up
+
+    @property
+    def connected(self) -> bool:
+        return self.reaching and self.link()
 
 
 class UsageConsumer:
@@ -55,6 +69,8 @@ class UsageConsumer:
         max_wait: float,  # FAREGATE_USAGE_BATCH_WAIT
         ack_wait: float = 30.0,
         unknown_accounts: UnknownAccounts = _all_known,
+        linked: Callable[[], bool] = _linked,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._js = js
         self._stream = stream
@@ -63,7 +79,8 @@ class UsageConsumer:
         self._batch = batch
         self._max_wait = max_wait
         self._ack_wait = ack_wait
-        self.stats = ConsumerStats()
+        self._sleep = sleep
+        self.stats = ConsumerStats(link=linked)
 
     async def run(self) -> None:
         sub = await self._js.pull_subscribe(
@@ -79,14 +96,17 @@ class UsageConsumer:
                 filter_subject=self._stream.subject,
             ),
         )
-        self.stats.connected = True
-        batches = pull_batches(sub, self._batch, fill_wait=self._max_wait, reached=self._reached)
-        async with contextlib.aclosing(batches):
-            async for msgs in batches:
-                await self.handle(msgs)
+        self.stats.reaching = True
+        try:
+            batches = pull_batches(sub, self._batch, fill_wait=self._max_wait, reached=self._reached)
+            async with contextlib.aclosing(batches):
+                async for msgs in batches:
+                    await self.handle(msgs)
+        finally:
+            self.stats.reaching = False
 
     def _reached(self, ok: bool) -> None:
-        self.stats.connected = ok
+        self.stats.reaching = ok
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Apply the records of a fetch in one transaction. A message that does not decode is
@@ -152,11 +172,23 @@ class UsageConsumer:
             await msg.nak(delay=1.0)
 
     async def _dead_letter(self, data: bytes, subject: str, reason: str, dead_id: str) -> None:
-        ack = await self._js.publish(
-            self._stream.dead_letter_subject,
-            data,
-            headers={"Faregate-Reason": reason, "Faregate-Subject": subject, "Nats-Msg-Id": dead_id},
-        )
+        """Publish one dead letter, retried (same message id) until JetStream has it: its
+        batch is not acknowledged before, so not even a crash loses it."""
+        delay = 0.1
+        while True:
+            try:
+                ack = await self._js.publish(
+                    self._stream.dead_letter_subject,
+                    data,
+                    headers={"Faregate-Reason": reason, "Faregate-Subject": subject, "Nats-Msg-Id": dead_id},
+                )
+                break
+            except Exception as exc:  # NATS down or slow: the record waits, unacknowledged
+                self.stats.reaching = False  # stuck: /health says so until a fetch works again
+                if delay == 0.1:
+                    log.warning("dead letter %s not published (%s); retrying until it is", dead_id, exc)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
         if ack.duplicate:  # dead-lettered by an earlier delivery of the same message
             return
         self.stats.dead_lettered += 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from faregate import db, events
@@ -12,6 +11,7 @@ from faregate.lifecycle import wait_for_shutdown
 from faregate.money import usd_to_micros
 from faregate.pb.auth.v1 import auth_pb2_grpc
 from faregate.pb.billing.v1 import billing_pb2, billing_pb2_grpc
+from faregate.runtime import Supervisor, run_until_stopped
 from faregate.settings import BillingSettings
 from services.billing.accounts import AccountDirectory
 from services.billing.consumer import UsageConsumer
@@ -40,7 +40,6 @@ async def serve(settings: BillingSettings) -> None:
         grant_s=settings.grant_seconds,
     )
     ledger = Ledger(sessions, on_applied=wallets.settled, on_credit=wallets.forget)
-    expiring = asyncio.create_task(_expire_holds(wallets), name="hold-expiry")
     nc = await events.connect(settings.nats_url, name="faregate-billing")
     js = nc.jetstream()
     stream = events.UsageStream(settings.usage_stream, settings.usage_subject)
@@ -54,8 +53,12 @@ async def serve(settings: BillingSettings) -> None:
         max_wait=settings.usage_batch_wait,
         ack_wait=settings.consumer_ack_wait,
         unknown_accounts=AccountDirectory(auth_pb2_grpc.AuthServiceStub(auth_channel)).unknown,
+        linked=lambda: nc.is_connected,
     )
-    consuming = asyncio.create_task(consumer.run(), name="usage-consumer")
+    supervisor = Supervisor("billing")
+    supervisor.add("usage-consumer", consumer.run, ready=lambda: consumer.stats.connected)
+    supervisor.add("hold-expiry", lambda: expire_holds(wallets), required=False)
+    supervisor.start()
     addr = settings.bind_addr(settings.billing_addr)
     stripe = StripePayments.from_settings(settings)
     servicer = BillingServicer(ledger, wallets, Views(sessions), TopUps(sessions, stripe), consumer.stats)
@@ -63,28 +66,23 @@ async def serve(settings: BillingSettings) -> None:
         addr,
         lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(servicer, s),
         [billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name],
+        supervisor,
     )
     log.info("billing listening on %s (holds %s)", addr, "in memory" if in_memory else "in the database")
-    try:
-        await wait_for_shutdown()
-    finally:
-        await servicer.calls.close()
-        await server.stop(grace=5)
-        for task in (consuming, expiring):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await nc.drain()
-        await auth_channel.close()
-        await stripe.close()
-        await engine.dispose()
+    await run_until_stopped(
+        supervisor,
+        server,
+        wait_for_shutdown,
+        stop_admitting=[servicer.calls.close],
+        close=[nc.drain, auth_channel.close, stripe.close, engine.dispose],
+    )
 
 
-async def _expire_holds(wallets: Wallets) -> None:
+async def expire_holds(wallets: Wallets, every: float = 10.0) -> None:
+    """Free holds whose request never reported and funds grants whose edge never ended them
+    (ADR 11: billing settles what it owns). A supervised component: a sweep that fails
+    raises and is retried after a backoff."""
     while True:
-        await asyncio.sleep(30)
-        try:
-            if expired := await wallets.expire():
-                log.warning("%d holds expired without a usage record", expired)
-        except Exception:
-            log.exception("expiring holds failed")
+        await asyncio.sleep(every)
+        if expired := await wallets.expire():
+            log.warning("%d holds or funds grants expired without being settled", expired)

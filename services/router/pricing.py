@@ -9,7 +9,6 @@ keeps the price that was in force when it started. After a change the edge is to
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
@@ -39,25 +38,40 @@ class PriceBook:
         self._bucket = bucket
         self._kv: Any = None
         self._watcher: Any = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open (or create) the bucket and apply every change made so far, then follow it."""
-        try:
-            self._kv = await self._js.key_value(self._bucket)
-        except Exception:  # BucketNotFoundError; a replica racing us may create it first
-            self._kv = await self._js.create_key_value(bucket=self._bucket, history=1)
+        """Open (or create) the bucket and apply every change made so far (before serving:
+        a request never sees a price older than the bucket's)."""
+        if self._kv is None:
+            try:
+                self._kv = await self._js.key_value(self._bucket)
+            except Exception:  # BucketNotFoundError; a replica racing us may create it first
+                self._kv = await self._js.create_key_value(bucket=self._bucket, history=1)
         self._watcher = await self._kv.watchall()
         async for entry in self._watcher:
             if entry is None:  # the marker after the existing values
                 break
             self._apply(entry.value)
-        self._task = asyncio.create_task(self._follow())
 
-    async def _follow(self) -> None:
-        async for entry in self._watcher:
-            if entry is not None and entry.value:
-                self._apply(entry.value)
+    async def follow(self) -> None:
+        """Apply changes as they come (a supervised component). A watch that ends or fails
+        raises; the restart watches again from the start, which applies each model's last
+        value (idempotent), so a change made meanwhile is not missed."""
+        try:
+            if self._watcher is None:
+                await self.start()
+            async for entry in self._watcher:
+                if entry is not None and entry.value:
+                    self._apply(entry.value)
+        finally:
+            await self._stop_watching()
+        raise ConnectionError("the price-book watch ended")
+
+    async def _stop_watching(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            with contextlib.suppress(Exception):  # NATS gone: the watch is gone with it
+                await watcher.stop()
 
     def _apply(self, raw: bytes) -> None:
         try:
@@ -79,10 +93,4 @@ class PriceBook:
         return updated
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
+        await self._stop_watching()

@@ -8,6 +8,7 @@ from faregate import events
 from faregate.grpc import start_server
 from faregate.lifecycle import wait_for_shutdown
 from faregate.pb.router.v1 import router_pb2, router_pb2_grpc
+from faregate.runtime import Supervisor, run_until_stopped
 from faregate.settings import RouterSettings
 from services.router.breakers import Breakers, LocalBreakers, RedisBreakers
 from services.router.catalog import Catalog, load_catalog
@@ -57,19 +58,23 @@ async def serve(settings: RouterSettings) -> None:
     stream = events.UsageStream(settings.usage_stream, settings.usage_subject)
     await events.ensure_stream(js, stream)
     publisher = events.UsagePublisher(js, stream)
-    publisher.start()
     breakers = make_breakers(settings)
     prices = PriceBook(catalog, js, nc, settings.catalog_bucket)
     await prices.start()
+    supervisor = Supervisor("router")
+    supervisor.add("usage-publisher", publisher.run, ready=lambda: nc.is_connected)
+    supervisor.add("price-book", prices.follow, required=False)
     router = ChatRouter(
         catalog, providers, publisher.submit, breakers=breakers, first_token_timeout=settings.first_token_timeout
     )
     addr = settings.bind_addr(settings.router_addr)
     servicer = RouterServicer(router, catalog, prices)
+    supervisor.start()
     server, _ = await start_server(
         addr,
         lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, s),
         [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name],
+        supervisor,
     )
     log.info(
         "router listening on %s with %d models (breakers %s)",
@@ -77,13 +82,11 @@ async def serve(settings: RouterSettings) -> None:
         len(catalog.models),
         "shared in Redis" if settings.redis_url else "in process",
     )
-    try:
-        await wait_for_shutdown()
-    finally:
-        await servicer.calls.close()
-        await server.stop(grace=5)
-        await prices.close()
-        await breakers.close()
-        await publisher.close()
-        await session.close()  # type: ignore[attr-defined]
-        await nc.drain()
+    await run_until_stopped(
+        supervisor,
+        server,
+        wait_for_shutdown,
+        stop_admitting=[servicer.calls.close],
+        flush=[publisher.flush],
+        close=[prices.close, breakers.close, session.close, nc.drain],  # type: ignore[attr-defined]
+    )
