@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from faregate.callstream import StreamedCall
-from faregate.errors import FaregateError, PayloadTooLarge, RateLimited, UpstreamError
+from faregate.errors import FaregateError, PayloadTooLarge, RateLimited, Reason, UpstreamError
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
 from faregate.pb.router.v1 import router_pb2
@@ -171,7 +171,7 @@ async def _authenticate(
     except RateLimited as refused:
         if asking:
             grants.answered(digest)
-        if refused.code not in _GRANTED_WINDOWS:
+        if refused.reason not in _GRANTED_WINDOWS:
             raise
         # Refused for a window this edge holds (or is being sent) granted admissions of:
         # they were counted before this request reached auth, so it spends one of them.
@@ -197,7 +197,7 @@ async def _authenticate(
     return reply
 
 
-_GRANTED_WINDOWS = ("rpm_exceeded", "daily_requests_exceeded")
+_GRANTED_WINDOWS = (Reason.RPM_EXCEEDED, Reason.DAILY_REQUESTS_EXCEEDED)
 
 
 async def _reserve(ctx: EdgeContext, account_id: str, request_id: str, amount: int) -> None:
@@ -335,7 +335,7 @@ async def relay(
             chunk = await call.read()
         yield _DONE
     except FaregateError as failure:
-        yield _error_event(failure.error_type, failure.message, failure.code)
+        yield _error_event(failure.type, failure.message, failure.code)
     finally:
         call.close()  # a client that went away stops the upstream call too
         slot.release()
