@@ -41,7 +41,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from faregate.errors import FaregateError, from_metadata
+from faregate.errors import FaregateError, Status, error_of, status_of
 from faregate.pb.rpc.v1 import calls_pb2
 
 log = logging.getLogger(__name__)
@@ -52,24 +52,19 @@ Resp = TypeVar("Resp", bound=Message)
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def call_error(exc: FaregateError) -> calls_pb2.CallError:
-    return calls_pb2.CallError(code=exc.grpc_code.value[0], message=exc.message, metadata=dict(exc.metadata()))
+def call_error(status: Status) -> calls_pb2.CallError:
+    """A Status as a streamed call's result carries it (the same as a unary call's)."""
+    return calls_pb2.CallError(code=status.code.value[0], message=status.message, detail=status.detail)
 
 
 def error_from_call(error: calls_pb2.CallError) -> FaregateError:
-    return from_metadata(
-        error.message, error.metadata.items(), fallback=_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
-    )
+    code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+    return error_of(Status(code, error.message, error.detail if error.HasField("detail") else None))
 
 
 def _failed(call_id: int, exc: Exception) -> calls_pb2.Result:
     """The result of a call that raised: its FaregateError, or (a bug, logged) a bare INTERNAL."""
-    if isinstance(exc, FaregateError):
-        return calls_pb2.Result(call_id=call_id, error=call_error(exc))
-    log.error("unhandled error in a streamed call", exc_info=exc)
-    return calls_pb2.Result(
-        call_id=call_id, error=calls_pb2.CallError(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
-    )
+    return calls_pb2.Result(call_id=call_id, error=call_error(status_of(exc, "a streamed call")))
 
 
 _END = object()  # a stream's calls are all answered and its caller stopped sending
@@ -361,7 +356,7 @@ class _Lane:
             # away or restarted, whatever status the core reports (a killed peer often shows
             # as INTERNAL): retryable, as a unary call to a stopped peer would be
             log.debug("call stream ended: %s %s", exc.code(), exc.details())
-            failure = from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE)
+            failure = error_of(Status(grpc.StatusCode.UNAVAILABLE, ""))
         except asyncio.CancelledError:
             pass
         finally:
@@ -374,7 +369,7 @@ class _Lane:
                 self._elsewhere(left)
             else:
                 if failure is None:
-                    failure = from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE)
+                    failure = error_of(Status(grpc.StatusCode.UNAVAILABLE, ""))
                 for waiting in left:
                     waiting.fail(failure)
 
@@ -559,7 +554,7 @@ class CallStream(Generic[Req, Resp]):
         """Calls a replica never started (stopping or down): once more, on another's lane."""
         for waiting in left:
             if waiting.resent:
-                waiting.fail(from_metadata("", (), fallback=grpc.StatusCode.UNAVAILABLE))
+                waiting.fail(error_of(Status(grpc.StatusCode.UNAVAILABLE, "")))
             else:
                 waiting.resent = True
                 self._lane(avoid=stopping).send(waiting)
@@ -593,4 +588,4 @@ class CallStream(Generic[Req, Resp]):
 
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
-        future.set_exception(from_metadata("", (), fallback=grpc.StatusCode.DEADLINE_EXCEEDED))
+        future.set_exception(error_of(Status(grpc.StatusCode.DEADLINE_EXCEEDED, "")))

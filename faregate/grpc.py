@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from faregate.errors import FaregateError, from_metadata
+from faregate.errors import FaregateError, Status, error_of, status_of
 from faregate.pb.rpc.v1 import runtime_pb2, runtime_pb2_grpc
 from faregate.runtime import State, Supervisor
 
@@ -34,9 +34,8 @@ _CHANNEL_OPTIONS = [
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns a raised FaregateError into a gRPC status plus Faregate trailing metadata.
-
-    Anything else is a bug: logged with its traceback, answered as a bare INTERNAL.
+    """Turns what a servicer raised into its gRPC status (faregate.errors.status_of): a
+    FaregateError's code, message and detail, or (a bug, logged) a bare INTERNAL.
     Wrapped handlers are cached per method so the per-call cost is one dict lookup.
     """
 
@@ -67,11 +66,8 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await inner(request, context)
-            except FaregateError as exc:
-                await _abort(context, exc)
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            except Exception as exc:
+                await _abort(context, status_of(exc, method))
 
         return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
     if handler.unary_stream is not None:
@@ -81,23 +77,20 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             try:
                 async for item in inner_stream(request, context):
                     yield item
-            except FaregateError as exc:
-                await _abort(context, exc)
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            except Exception as exc:
+                await _abort(context, status_of(exc, method))
 
         return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
     return handler
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: FaregateError) -> None:
-    await context.abort(exc.grpc_code, exc.message, trailing_metadata=exc.metadata())
+async def _abort(context: grpc.aio.ServicerContext, status: Status) -> None:
+    await context.abort(status.code, status.message, trailing_metadata=status.metadata())
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> FaregateError:
     """The FaregateError a peer raised, rebuilt on the calling side."""
-    return from_metadata(exc.details() or "", exc.trailing_metadata() or (), fallback=exc.code())
+    return error_of(Status.from_metadata(exc.code(), exc.details() or "", exc.trailing_metadata() or ()))
 
 
 async def start_server(

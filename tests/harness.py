@@ -232,16 +232,25 @@ def python() -> str:
 
 
 def ledger(stack: Stack, account_id: str) -> list[Any]:
-    """The account's ledger entries, newest first, read from the real billing service."""
+    """The account's ledger entries, newest first, read from the real billing service (each
+    entry's fields, its kind as faregate.values.EntryKind: it compares equal to "usage", …)."""
+    import types
+
     import grpc
 
     from faregate.pb.billing.v1 import billing_pb2, billing_pb2_grpc
+    from faregate.values import EntryKind
 
     with grpc.insecure_channel(stack.addrs["billing"]) as channel:
         reply = billing_pb2_grpc.BillingServiceStub(channel).ListLedger(
             billing_pb2.ListLedgerRequest(account_id=account_id, limit=1000), timeout=10
         )
-    return list(reply.entries)
+    return [
+        types.SimpleNamespace(
+            **{**{f.name: getattr(e, f.name) for f in e.DESCRIPTOR.fields}, "kind": EntryKind.from_pb(e.kind)}
+        )
+        for e in reply.entries
+    ]
 
 
 def wait_for(predicate: Any, *, timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> Any:

@@ -16,7 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from faregate.errors import AuthenticationFailed, InvalidRequest, NotFound, RateLimited
+from faregate.errors import AuthenticationFailed, InvalidRequest, NotFound, RateLimited, Reason
+from faregate.values import KeyMode, KeyStatus, RoutingMode
 from services.auth import keys
 from services.auth.limits import (
     GUEST_LIMITS,
@@ -60,40 +61,35 @@ class Grant:
 class Admission:
     account_id: str
     key_id: str
-    mode: str
+    mode: KeyMode
     plan: str
     window: Window | None
     slot_id: str
     guest: bool = False
-    routing_mode: str = ""
+    routing_mode: RoutingMode = RoutingMode.AUTO
     preferred_provider: str = ""
     grant: Grant | None = None
 
     @property
     def billable(self) -> bool:
-        return self.mode == "live" and not self.guest
-
-
-ROUTING_MODES = ("auto", "preferred", "failover")
+        return self.mode is KeyMode.LIVE and not self.guest
 
 
 @dataclass(frozen=True)
 class Routing:
     """A key's routing mode: auto (the chain), preferred (a provider first), failover (only it)."""
 
-    mode: str = "auto"
+    mode: RoutingMode = RoutingMode.AUTO
     provider: str = ""
 
     def __post_init__(self) -> None:
-        if self.mode not in ROUTING_MODES:
-            raise InvalidRequest(f"routing_mode must be one of {', '.join(ROUTING_MODES)}", param="routing_mode")
-        if self.mode != "auto" and not self.provider:
+        if self.mode is not RoutingMode.AUTO and not self.provider:
             raise InvalidRequest(f"routing_mode {self.mode!r} needs a preferred_provider", param="preferred_provider")
         if len(self.provider) > 100:
             raise InvalidRequest("preferred_provider is at most 100 characters", param="preferred_provider")
 
     def columns(self) -> dict[str, str | None]:
-        return {"routing_mode": self.mode, "preferred_provider": self.provider or None}
+        return {"routing_mode": self.mode.value, "preferred_provider": self.provider or None}
 
 
 class Authenticator:
@@ -131,21 +127,22 @@ class Authenticator:
     async def identify(self, presented: str, client_ip: str = "") -> KeyRow:
         """The active key behind ``presented``; AuthenticationFailed otherwise."""
         if not presented:
-            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer gw_…'", code="missing_api_key")
+            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer gw_…'", reason=Reason.KEY_MISSING)
         try:
             keys.mode_of(presented)
             digest = self._hasher.digest(presented)
             key = await self._lookup(digest)
             if key is None or not keys.KeyHasher.matches(key.key_hash, digest):
-                raise AuthenticationFailed("invalid API key", code="invalid_api_key")
+                raise AuthenticationFailed("invalid API key", reason=Reason.KEY_UNKNOWN)
         except AuthenticationFailed:
             await self._count_bad_key(client_ip)
             raise
         status = key.effective_status(now_ms())
-        if status != "active":
-            if status == "revoked":
+        if status is not KeyStatus.ACTIVE:
+            if status is KeyStatus.REVOKED:
                 await self._store.audit(key.id, key.account_id, "used_after_revoke")
-            raise AuthenticationFailed(f"API key is {status}", code=f"{status}_api_key")
+            reason = Reason.KEY_REVOKED if status is KeyStatus.REVOKED else Reason.KEY_EXPIRED
+            raise AuthenticationFailed(f"API key is {status}", reason=reason)
         return key
 
     async def admit(self, presented: str, client_ip: str = "", *, grant: int = 0, grant_slots: int = 0) -> Admission:
@@ -155,7 +152,7 @@ class Authenticator:
             slot, window, _ = await self._decide(
                 f"guest:{client_ip or 'unknown'}", GUEST_LIMITS, "conc:{guest}", guest=True
             )
-            return Admission(GUEST_ACCOUNT, "guest", "test", "guest", window, slot, guest=True)
+            return Admission(GUEST_ACCOUNT, "guest", KeyMode.TEST, "guest", window, slot, guest=True)
         key = await self.identify(presented, client_ip)
         limits = self._plans.named(key.plan).overridden(
             rpm=key.rpm_limit,
@@ -172,7 +169,7 @@ class Authenticator:
             key.plan,
             window,
             slot,
-            routing_mode=key.routing_mode or "",
+            routing_mode=key.routing_mode or RoutingMode.AUTO,
             preferred_provider=key.preferred_provider or "",
             grant=granted,
         )
@@ -215,25 +212,25 @@ class Authenticator:
         if refused == "rpm":
             raise RateLimited(
                 f"rate limit exceeded: {limits.rpm} requests per minute {whose}",
-                code="rpm_exceeded",
+                reason=Reason.RPM_EXCEEDED,
                 retry_after=max(1, reset_at - int(now)),
             )
         if refused == "requests_per_day":
             raise RateLimited(
                 f"daily limit reached: {limits.requests_per_day} requests per UTC day {whose}",
-                code="daily_requests_exceeded",
+                reason=Reason.DAILY_REQUESTS_EXCEEDED,
                 retry_after=seconds_to_utc_midnight(now),
             )
         if refused == "tokens_per_day":
             raise RateLimited(
                 f"daily limit reached: {limits.tokens_per_day} tokens per UTC day {whose}",
-                code="daily_tokens_exceeded",
+                reason=Reason.DAILY_TOKENS_EXCEEDED,
                 retry_after=seconds_to_utc_midnight(now),
             )
         if refused == "concurrency":
             raise RateLimited(
                 f"concurrency limit reached: {limits.concurrency} requests in flight {whose}",
-                code="concurrency_exceeded",
+                reason=Reason.CONCURRENCY_EXCEEDED,
                 retry_after=1,
             )
         window = Window(limits.rpm, limits.rpm - rpm, reset_at) if limits.rpm is not None else None
@@ -277,7 +274,7 @@ class Authenticator:
         if await self._counters.take(f"badkey:{client_ip}:{minute}", BAD_KEYS_PER_IP_PER_MINUTE, 61) < 0:
             raise RateLimited(
                 "too many failed authentications from this address",
-                code="auth_failures",
+                reason=Reason.AUTH_FAILURES,
                 retry_after=60 - int(self._clock()) % 60,
             )
 
@@ -318,13 +315,11 @@ class Authenticator:
         return row
 
     async def create_key(
-        self, account_id: str, name: str, mode: str, expires_at_ms: int | None, routing: Routing | None = None
+        self, account_id: str, name: str, mode: KeyMode, expires_at_ms: int | None, routing: Routing | None = None
     ) -> tuple[KeyRow, str]:
         if account_id == GUEST_ACCOUNT:
             raise InvalidRequest("the guest account has no keys")
         await self.account(account_id)
-        if mode not in keys.PREFIXES:
-            raise InvalidRequest("mode must be 'live' or 'test'", param="mode")
         if len(name) > 200:
             raise InvalidRequest("key name must be at most 200 characters", param="name")
         if expires_at_ms is not None and expires_at_ms <= now_ms():

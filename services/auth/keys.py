@@ -13,30 +13,31 @@ import re
 import secrets
 import string
 
-from faregate.errors import AuthenticationFailed
+from faregate.errors import AuthenticationFailed, Reason
+from faregate.values import KeyMode
 
-PREFIXES = {"live": "gw_live_", "test": "gw_test_"}
+PREFIXES = {KeyMode.LIVE: "gw_live_", KeyMode.TEST: "gw_test_"}
 BODY_LENGTH = 32
 MAX_PRESENTED_LENGTH = 256
 _ALPHABET = string.ascii_letters + string.digits
 _FORMAT = re.compile(rf"gw_(live|test)_[A-Za-z0-9]{{{BODY_LENGTH}}}")
 
 
-def generate(mode: str) -> str:
+def generate(mode: KeyMode) -> str:
     return PREFIXES[mode] + "".join(secrets.choice(_ALPHABET) for _ in range(BODY_LENGTH))
 
 
-def mode_of(presented: str) -> str:
+def mode_of(presented: str) -> KeyMode:
     """The key's mode if it is well-formed; otherwise AuthenticationFailed, with no I/O."""
     if len(presented) > MAX_PRESENTED_LENGTH:
-        raise AuthenticationFailed("API key is too long", code="invalid_api_key")
+        raise AuthenticationFailed("API key is too long", reason=Reason.KEY_UNKNOWN)
     match = _FORMAT.fullmatch(presented)
     if match is None:
         raise AuthenticationFailed(
             "malformed API key: expected gw_live_… or gw_test_… followed by 32 letters or digits",
-            code="invalid_api_key",
+            reason=Reason.KEY_UNKNOWN,
         )
-    return match.group(1)
+    return KeyMode(match.group(1))
 
 
 def masked(key: str) -> str:

@@ -10,12 +10,10 @@ from faregate.callstream import CallServer
 from faregate.pb.auth.v1 import auth_pb2 as pb
 from faregate.pb.auth.v1 import auth_pb2_grpc
 from faregate.pb.rpc.v1 import calls_pb2
+from faregate.values import KeyMode, RoutingMode
 from services.auth.admission import Admission, Authenticator, Routing
 from services.auth.limits import GUEST_MAX_TOKENS
 from services.auth.storage import LIMIT_COLUMNS, AccountRow, KeyRow, now_ms
-
-_MODES = {"live": pb.KEY_MODE_LIVE, "test": pb.KEY_MODE_TEST}
-_MODE_NAMES = {v: k for k, v in _MODES.items()}
 
 
 def key_message(row: KeyRow) -> pb.ApiKey:
@@ -23,19 +21,19 @@ def key_message(row: KeyRow) -> pb.ApiKey:
         id=row.id,
         account_id=row.account_id,
         name=row.name,
-        mode=_MODES[row.mode],
+        mode=row.mode.to_pb(),
         masked=row.masked,
         created_at=row.created_at_ms // 1000,
         last_used_at=(row.last_used_at_ms or 0) // 1000,
         expires_at=(row.expires_at_ms or 0) // 1000,
-        status=row.effective_status(now_ms()),
+        status=row.effective_status(now_ms()).to_pb(),
         limits=pb.Limits(
             rpm=row.rpm_limit,
             requests_per_day=row.requests_per_day_limit,
             tokens_per_day=row.tokens_per_day_limit,
             concurrency=row.concurrency_limit,
         ),
-        routing=pb.Routing(mode=row.routing_mode or "auto", provider=row.preferred_provider or ""),
+        routing=pb.Routing(mode=(row.routing_mode or RoutingMode.AUTO).to_pb(), provider=row.preferred_provider or ""),
     )
 
 
@@ -43,14 +41,14 @@ def admission_message(a: Admission, lease: float) -> pb.AuthenticateResponse:
     reply = pb.AuthenticateResponse(
         account_id=a.account_id,
         key_id=a.key_id,
-        mode=_MODES[a.mode],
+        mode=a.mode.to_pb(),
         plan=a.plan,
         billable=a.billable,
         slot_id=a.slot_id,
         guest=a.guest,
         max_tokens_cap=GUEST_MAX_TOKENS if a.guest else 0,
         slot_lease_seconds=int(lease),
-        routing=pb.Routing(mode=a.routing_mode, provider=a.preferred_provider),
+        routing=pb.Routing(mode=a.routing_mode.to_pb(), provider=a.preferred_provider),
     )
     if a.window is not None:
         w = a.window
@@ -74,7 +72,7 @@ def account_message(row: AccountRow, key_rows: list[KeyRow] | None = None) -> pb
 
 
 def _routing(message: pb.Routing) -> Routing:
-    return Routing(message.mode or "auto", message.provider)
+    return Routing(RoutingMode.from_pb(message.mode), message.provider)
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
@@ -106,9 +104,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return pb.AuthenticateResponse(
             account_id=key.account_id,
             key_id=key.id,
-            mode=_MODES[key.mode],
+            mode=key.mode.to_pb(),
             plan=key.plan,
-            billable=key.mode == "live",
+            billable=key.mode is KeyMode.LIVE,
             monthly_token_quota=self._auth.monthly_quota(key.plan),
         )
 
@@ -151,7 +149,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return account_message(row, keys)
 
     async def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.aio.ServicerContext) -> pb.CreatedKey:
-        mode = _MODE_NAMES.get(request.mode, "")
+        mode = KeyMode.from_pb(request.mode, param="mode")
         routing = _routing(request.routing) if request.HasField("routing") else None
         row, secret = await self._auth.create_key(
             request.account_id, request.name, mode, request.expires_at * 1000 or None, routing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +22,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from faregate.values import KeyMode, KeyStatus, RoutingMode
 
 metadata = MetaData()
 
@@ -91,11 +94,11 @@ class KeyRow:
     id: str
     account_id: str
     name: str
-    mode: str
+    mode: KeyMode
     key_hash: bytes
     prefix: str
     last4: str
-    status: str
+    status: KeyStatus
     created_at_ms: int
     last_used_at_ms: int | None
     expires_at_ms: int | None
@@ -104,16 +107,22 @@ class KeyRow:
     requests_per_day_limit: int | None = None
     tokens_per_day_limit: int | None = None
     concurrency_limit: int | None = None
-    routing_mode: str | None = None
+    routing_mode: RoutingMode | None = None
     preferred_provider: str | None = None
+
+    def __post_init__(self) -> None:  # the columns hold the enums' strings
+        object.__setattr__(self, "mode", KeyMode(self.mode))
+        object.__setattr__(self, "status", KeyStatus(self.status))
+        if self.routing_mode is not None:
+            object.__setattr__(self, "routing_mode", RoutingMode(self.routing_mode))
 
     @property
     def masked(self) -> str:
         return f"{self.prefix}…{self.last4}"
 
-    def effective_status(self, at_ms: int) -> str:
-        if self.status == "active" and self.expires_at_ms and self.expires_at_ms <= at_ms:
-            return "expired"
+    def effective_status(self, at_ms: int) -> KeyStatus:
+        if self.status is KeyStatus.ACTIVE and self.expires_at_ms and self.expires_at_ms <= at_ms:
+            return KeyStatus.EXPIRED
         return self.status
 
 
@@ -136,7 +145,7 @@ class AuthStore:
         self,
         account_id: str,
         name: str,
-        mode: str,
+        mode: KeyMode,
         key_hash: bytes,
         prefix: str,
         last4: str,
@@ -152,13 +161,13 @@ class AuthStore:
             key_hash,
             prefix,
             last4,
-            "active",
+            KeyStatus.ACTIVE,
             at,
             None,
             expires_at_ms,
             **(routing or {}),  # type: ignore[arg-type]
         )
-        values = {k: v for k, v in row.__dict__.items() if k != "plan"}
+        values = {k: v.value if isinstance(v, StrEnum) else v for k, v in row.__dict__.items() if k != "plan"}
         async with self._sessions.begin() as s:
             await s.execute(insert(api_keys).values(**values))
             await s.execute(
@@ -201,9 +210,9 @@ class AuthStore:
                 .where(
                     api_keys.c.id == key_id,
                     api_keys.c.account_id == account_id,
-                    api_keys.c.status == "active",
+                    api_keys.c.status == KeyStatus.ACTIVE.value,
                 )
-                .values(status="revoked", revoked_at_ms=at)
+                .values(status=KeyStatus.REVOKED.value, revoked_at_ms=at)
             )
             await s.execute(
                 insert(key_events).values(key_id=key_id, account_id=account_id, event="revoked", at_ms=at, detail="")

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from faregate.errors import InvalidRequest
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
+from faregate.values import EntryKind
 from services.billing.storage import add_to_wallet, holds, insert_for, ledger_entries, usage_records, wallets
 
 MAX_CREDIT_MICROS = 1_000_000 * 1_000_000  # one million USD in one movement
-KINDS = ("usage", "topup", "credit_grant", "refund", "dispute", "adjustment")
 _STATUS = {v: k.removeprefix("STATUS_").lower() for k, v in UsageRecord.Status.items()}
 
 
@@ -75,7 +75,7 @@ class Ledger:
                     [
                         {
                             "account_id": r.account_id,
-                            "kind": "usage",
+                            "kind": EntryKind.USAGE.value,
                             "amount_micros": -r.cost_micros if r.billable else 0,
                             "idempotency_key": f"usage:{r.request_id}",
                             "request_id": r.request_id,
@@ -102,15 +102,12 @@ class Ledger:
         account_id: str,
         amount_micros: int,
         *,
-        kind: str = "credit_grant",
+        kind: EntryKind = EntryKind.CREDIT_GRANT,
         note: str = "",
         idempotency_key: str = "",
     ) -> tuple[WalletView, bool]:
         """Add a signed amount to a wallet once per idempotency key. Returns (wallet, applied)."""
-        if kind not in KINDS or kind == "usage":
-            raise InvalidRequest(f"unknown entry kind {kind!r}")
-        if amount_micros == 0 or abs(amount_micros) > MAX_CREDIT_MICROS:
-            raise InvalidRequest("amount must be non-zero and at most 1,000,000 USD", param="amount_usd")
+        _check(kind, amount_micros)
         key = idempotency_key or f"{kind}:{secrets.token_hex(12)}"
         at = now_ms()
         async with self._sessions.begin() as s:
@@ -119,7 +116,7 @@ class Ledger:
                 await s.execute(
                     ledger_entries.insert().values(
                         account_id=account_id,
-                        kind=kind,
+                        kind=kind.value,
                         amount_micros=amount_micros,
                         idempotency_key=key,
                         request_id=None,
@@ -173,12 +170,19 @@ def _usage_row(r: UsageRecord) -> dict[str, Any]:
     }
 
 
+def _check(kind: EntryKind, amount_micros: int) -> None:
+    if kind == EntryKind.USAGE:  # usage entries come from the usage stream only
+        raise InvalidRequest(f"unknown entry kind {kind!r}")
+    if amount_micros == 0 or abs(amount_micros) > MAX_CREDIT_MICROS:
+        raise InvalidRequest("amount must be non-zero and at most 1,000,000 USD", param="amount_usd")
+
+
 async def post(
     s: AsyncSession,
     account_id: str,
     amount_micros: int,
     *,
-    kind: str,
+    kind: EntryKind,
     idempotency_key: str,
     note: str = "",
     reference: str | None = None,
@@ -188,10 +192,7 @@ async def post(
     Returns False (and changes nothing) when an entry with this idempotency key exists, also
     when another transaction inserts it concurrently (the insert is ON CONFLICT DO NOTHING).
     """
-    if kind not in KINDS or kind == "usage":
-        raise InvalidRequest(f"unknown entry kind {kind!r}")
-    if amount_micros == 0 or abs(amount_micros) > MAX_CREDIT_MICROS:
-        raise InvalidRequest("amount must be non-zero and at most 1,000,000 USD", param="amount_usd")
+    _check(kind, amount_micros)
     if not account_id or not idempotency_key:
         raise InvalidRequest("account_id and idempotency_key are required")
     at = now_ms()
@@ -200,7 +201,7 @@ async def post(
         insert_for(dialect)(ledger_entries)
         .values(
             account_id=account_id,
-            kind=kind,
+            kind=kind.value,
             amount_micros=amount_micros,
             idempotency_key=idempotency_key,
             request_id=None,

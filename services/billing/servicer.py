@@ -10,6 +10,7 @@ from faregate.callstream import CallServer
 from faregate.pb.billing.v1 import billing_pb2 as pb
 from faregate.pb.billing.v1 import billing_pb2_grpc
 from faregate.pb.rpc.v1 import calls_pb2
+from faregate.values import EntryKind
 from services.billing.consumer import ConsumerStats
 from services.billing.ledger import Ledger, WalletView
 from services.billing.topups import TopUps
@@ -32,7 +33,7 @@ def entry_message(r: dict) -> pb.LedgerEntry:  # type: ignore[type-arg]
     return pb.LedgerEntry(
         id=str(r["id"]),
         account_id=r["account_id"],
-        kind=r["kind"],
+        kind=EntryKind(r["kind"]).to_pb(),
         amount_micros=r["amount_micros"],
         idempotency_key=r["idempotency_key"],
         request_id=r["request_id"] or "",

@@ -5,7 +5,7 @@ module-level ``stripe.api_key``); tests point it at a local Stripe-compatible st
 ``FAREGATE_STRIPE_API_BASE``. Webhooks are verified with Stripe's own signing scheme
 (``Stripe-Signature: t=…,v1=HMAC-SHA256(secret, "t.payload")``) and a timestamp tolerance.
 
-Errors: not configured → ServiceUnavailable (503, ``stripe_not_configured``); a bad or
+Errors: not configured → ProvidersUnavailable (503, ``stripe_not_configured``); a bad or
 stale signature, or a body that is not an event → InvalidRequest (400); Stripe failing or
 unreachable → UpstreamError (502).
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from faregate.errors import InvalidRequest, ServiceUnavailable, UpstreamError
+from faregate.errors import InvalidRequest, ProvidersUnavailable, UpstreamError
 from faregate.settings import BillingSettings
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class StripePayments:
 
     def _api(self) -> stripe.StripeClient:
         if self._client is None:
-            raise ServiceUnavailable(
+            raise ProvidersUnavailable(
                 "Stripe is not configured on this Faregate: set FAREGATE_STRIPE_SECRET_KEY",
                 code="stripe_not_configured",
             )
@@ -145,7 +145,7 @@ class StripePayments:
     def parse_event(self, payload: bytes, signature: str) -> StripeEvent:
         """Verify a webhook delivery and return its event; InvalidRequest when it is not genuine."""
         if not self._webhook_secret:
-            raise ServiceUnavailable(
+            raise ProvidersUnavailable(
                 "Stripe is not configured on this Faregate: set FAREGATE_STRIPE_WEBHOOK_SECRET",
                 code="stripe_not_configured",
             )

@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from faregate.errors import InvalidRequest
+from faregate.values import EntryKind
 from services.billing.ledger import post
 from services.billing.storage import add_to_wallet, insert_for, ledger_entries, stripe_customers
 from services.billing.stripe_payments import Link, StripeEvent, StripePayments
@@ -128,7 +129,7 @@ class TopUps:
                 s,
                 account_id,
                 amount_cents * MICROS_PER_CENT,
-                kind="topup",
+                kind=EntryKind.TOPUP,
                 note=f"Stripe checkout {session.get('id')}",
                 idempotency_key=f"stripe:checkout:{session.get('id')}",
                 reference=str(session.get("payment_intent") or session.get("id")),
@@ -147,7 +148,7 @@ class TopUps:
                 return False, "refund of a payment Faregate did not credit"
             recorded = await s.scalar(
                 select(func.coalesce(func.sum(ledger_entries.c.amount_micros), 0)).where(
-                    ledger_entries.c.reference == intent, ledger_entries.c.kind == "refund"
+                    ledger_entries.c.reference == intent, ledger_entries.c.kind == EntryKind.REFUND.value
                 )
             )
             missing = cumulative * MICROS_PER_CENT + int(recorded or 0)
@@ -157,7 +158,7 @@ class TopUps:
                 s,
                 account_id,
                 -missing,
-                kind="refund",
+                kind=EntryKind.REFUND,
                 note=f"Stripe refund of {charge.get('id')}",
                 idempotency_key=f"stripe:refund:{intent}:{cumulative}",
                 reference=intent,
@@ -186,7 +187,7 @@ class TopUps:
                 s,
                 account_id,
                 sign * amount * MICROS_PER_CENT,
-                kind="dispute",
+                kind=EntryKind.DISPUTE,
                 note=f"Stripe dispute {dispute.get('id')}",
                 idempotency_key=f"{key}:{dispute.get('id')}",
                 reference=intent,
@@ -200,7 +201,7 @@ class TopUps:
             return None
         account_id = await s.scalar(
             select(ledger_entries.c.account_id).where(
-                ledger_entries.c.reference == intent, ledger_entries.c.kind == "topup"
+                ledger_entries.c.reference == intent, ledger_entries.c.kind == EntryKind.TOPUP.value
             )
         )
         if account_id is not None:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from faregate.values import EntryKind
 from services.billing.storage import ledger_entries, usage_records, wallets
 
 
@@ -55,7 +56,7 @@ async def verify(sessions: async_sessionmaker[Any]) -> Report:
         for rid, amount in (
             await s.execute(
                 select(ledger_entries.c.request_id, ledger_entries.c.amount_micros).where(
-                    ledger_entries.c.kind == "usage"
+                    ledger_entries.c.kind == EntryKind.USAGE.value
                 )
             )
         ).all():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from faregate.values import RoutingMode
+
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
@@ -40,7 +42,7 @@ class Caller:
     test_mode: bool = False
     guest: bool = False
     max_tokens_cap: int = 0  # 0: none
-    routing_mode: str = ""  # auto | preferred | failover; empty: auto
+    routing_mode: RoutingMode = RoutingMode.AUTO
     preferred_provider: str = ""
     rate_limit: RateLimit | None = None
     slot_lease_seconds: int = 60

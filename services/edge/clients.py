@@ -23,6 +23,7 @@ from faregate.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 from faregate.pb.billing.v1 import billing_pb2, billing_pb2_grpc
 from faregate.pb.router.v1 import router_pb2, router_pb2_grpc
 from faregate.settings import EdgeSettings
+from faregate.values import RoutingMode
 from services.edge.callers import (
     AdmissionAsk,
     AdmissionGrant,
@@ -164,7 +165,7 @@ def caller_from_pb(reply: auth_pb2.AuthenticateResponse) -> Caller:
         test_mode=reply.mode == auth_pb2.KEY_MODE_TEST,
         guest=reply.guest,
         max_tokens_cap=reply.max_tokens_cap,
-        routing_mode=reply.routing.mode,
+        routing_mode=RoutingMode.from_pb(reply.routing.mode),
         preferred_provider=reply.routing.provider,
         rate_limit=RateLimit(rl.limit, rl.remaining, rl.reset_at) if reply.HasField("rate_limit") else None,
         slot_lease_seconds=reply.slot_lease_seconds or 60,
@@ -289,7 +290,7 @@ def _completion_pb(call: RouteCall) -> router_pb2.CompletionRequest:
             test_mode=c.test_mode,
             max_tokens_cap=c.max_tokens_cap,
             guest=c.guest,
-            routing_mode=c.routing_mode,
+            routing_mode=c.routing_mode.to_pb(),
             preferred_provider=c.preferred_provider,
         ),
         body=call.body,

@@ -1,7 +1,8 @@
 """The edge's error boundary: every failure leaves as OpenAI's error object.
 
 Faregate errors keep their status and type; FastAPI's own validation and routing errors
-are mapped to ``invalid_request`` / ``not_found``; anything else is a bug, logged with the
+are mapped to their leaves (``InvalidRequest``, ``NotFound``, ``MethodNotAllowed``,
+``PayloadTooLarge``); anything else is a bug, logged with the
 request id and answered as ``internal_error`` without a trace.
 """
 
@@ -15,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from faregate.errors import FaregateError, InvalidRequest, NotFound
+from faregate.errors import FaregateError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def failure_response(request: Request, exc: Exception) -> Response:
     """The answer to a request that raised: its FaregateError, or (a bug) a bare 500."""
     if isinstance(exc, FaregateError):
         if exc.status >= 500:
-            log.warning("request %s failed: %s %s", _request_id(request), exc.error_type, exc.message)
+            log.warning("request %s failed: %s %s", _request_id(request), exc.type, exc.message)
         return error_response(exc, _request_id(request))
     log.exception("unhandled error in request %s", _request_id(request), exc_info=exc)
     return error_response(FaregateError("internal error"), _request_id(request))
@@ -57,10 +58,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
+        err: FaregateError
         if exc.status_code == 404:
-            err: FaregateError = NotFound(f"no route {request.method} {request.url.path}")
+            err = NotFound(f"no route {request.method} {request.url.path}")
+        elif exc.status_code == 405:
+            err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        elif exc.status_code == 413:
+            err = PayloadTooLarge(str(exc.detail))
         else:
-            err = InvalidRequest(str(exc.detail), http_status=exc.status_code)
+            err = InvalidRequest(str(exc.detail))
         return error_response(err, _request_id(request))
 
     @app.exception_handler(Exception)

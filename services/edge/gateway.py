@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from faregate.errors import FaregateError, PayloadTooLarge, RateLimited
+from faregate.errors import FaregateError, PayloadTooLarge, RateLimited, Reason
 from services.edge.callers import (
     AdmissionAsk,
     Admitted,
@@ -108,7 +108,7 @@ def key_digest(key: str) -> bytes:
 
 # Refused for a window this edge holds granted admissions of: they were counted before the
 # request reached auth, so it spends one of them (ADR 11).
-_GRANTED_WINDOWS = ("rpm_exceeded", "daily_requests_exceeded")
+_GRANTED_WINDOWS = (Reason.RPM_EXCEEDED, Reason.DAILY_REQUESTS_EXCEEDED)
 _MAX_ACCOUNTS = 100_000
 
 
@@ -236,7 +236,7 @@ class Gateway:
         except RateLimited as refused:
             if asking:
                 grants.answered(digest)
-            if refused.code not in _GRANTED_WINDOWS:
+            if refused.reason not in _GRANTED_WINDOWS:
                 raise
             await grants.pending(digest)
             granted = grants.take(digest)

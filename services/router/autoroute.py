@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from faregate.errors import ServiceUnavailable
+from faregate.errors import ProvidersUnavailable
 from faregate.pb.router.v1 import router_pb2 as pb
 from services.router.breakers import Breakers, BreakerState
 from services.router.catalog import Catalog, Model, Route
@@ -153,7 +153,7 @@ class AutoRouter:
             found = ranked("test")
         extra = [] if category == "embedding" else [mp for mp in ranked("general") if mp not in found]
         if not found and not extra:
-            raise ServiceUnavailable(
+            raise ProvidersUnavailable(
                 f"no model for {category!r} tasks has a configured, healthy provider",
                 code="no_model_available",
                 retry_after=1,

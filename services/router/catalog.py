@@ -22,7 +22,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from faregate.errors import NotFound
+from faregate.errors import ModelNotFound
 from faregate.money import usd_to_micros
 
 DEFAULT_CATALOG = Path(__file__).with_name("default_catalog.yaml")
@@ -165,7 +165,7 @@ class Catalog:
         """The model with this public id or alias."""
         found = self.models.get(model_id) or self.models.get(self.aliases.get(model_id, ""))
         if found is None:
-            raise NotFound(f"model {model_id!r} does not exist", code="model_not_found", param="model")
+            raise ModelNotFound(f"model {model_id!r} does not exist", param="model")
         return found
 
     def set_price(self, model_id: str, prompt: float, completion: float) -> Model:

@@ -24,10 +24,11 @@ from typing import Any, TypeVar
 import orjson
 
 from faregate.errors import (
+    ContentPolicy,
     FaregateError,
-    Forbidden,
     InvalidRequest,
-    ServiceUnavailable,
+    ProvidersUnavailable,
+    Reason,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -35,6 +36,7 @@ from faregate.money import token_cost
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.tokens import estimate_messages
+from faregate.values import RoutingMode
 from services.router.autoroute import AUTO_MODEL, AutoRouter
 from services.router.breakers import Breakers, LocalBreakers
 from services.router.catalog import Catalog, Model, Route
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 
 UsageSink = Callable[[UsageRecord], None]
 T = TypeVar("T")
-MODES = ("auto", "preferred", "failover")
 MAX_FALLBACKS = 8
 
 
@@ -119,24 +120,24 @@ class ChatRouter:
 
     def _check_caller(self, model: Model, caller: pb.Caller) -> None:
         if caller.guest and not model.guest:
-            raise Forbidden(
+            raise ContentPolicy(
                 f"the keyless guest sandbox can only call guest models; {model.id!r} needs an API key",
-                code="guest_model_not_allowed",
+                reason=Reason.GUEST_MODEL_NOT_ALLOWED,
                 param="model",
             )
         if caller.test_mode and not model.test:
-            raise Forbidden(
+            raise ContentPolicy(
                 f"test keys can only call test models; {model.id!r} is a live model",
-                code="test_key_live_model",
+                reason=Reason.TEST_KEY_LIVE_MODEL,
                 param="model",
             )
 
     def chain(self, model: Model, caller: pb.Caller) -> list[Route]:
         """The model's routes in the order the caller's routing mode asks for."""
-        mode = caller.routing_mode or "auto"
+        mode = RoutingMode.from_pb(caller.routing_mode)
         preferred = caller.preferred_provider
         usable = [r for r in model.routes if self._usable(r)]
-        if mode == "failover":
+        if mode is RoutingMode.FAILOVER:
             pinned = [r for r in model.routes if r.provider == preferred]
             if not pinned:
                 raise InvalidRequest(
@@ -145,7 +146,7 @@ class ChatRouter:
                     param="model",
                 )
             return [r for r in pinned if self._usable(r)]
-        if mode == "preferred" and preferred:
+        if mode is RoutingMode.PREFERRED and preferred:
             usable.sort(key=lambda r: r.provider != preferred)  # stable: the rest keep the chain's order
         return usable
 
@@ -171,7 +172,7 @@ class ChatRouter:
         if not attempts:
             first = models[0]
             keys = sorted({v for r in first.routes for v in self._catalog.providers[r.provider].missing_env})
-            raise ServiceUnavailable(
+            raise ProvidersUnavailable(
                 f"no provider is configured for model {first.id!r}: set {' or '.join(keys)}",
                 code="provider_not_configured",
             )
@@ -210,12 +211,12 @@ class ChatRouter:
         if len(tried) == 1 and not waits:
             raise tried[0]  # one provider tried and failed: its error, 502
         if not tried:
-            raise ServiceUnavailable(
+            raise ProvidersUnavailable(
                 f"every provider for {model_id!r} is unavailable (circuit open or asked us to wait); try again later",
                 code="circuit_open",
                 retry_after=max(1.0, min(waits)),
             )
-        raise ServiceUnavailable(
+        raise ProvidersUnavailable(
             f"every provider for {model_id!r} failed ({len(tried)} tried)",
             retry_after=max(1.0, min(waits)) if waits else 1,
         ) from tried[-1]
@@ -281,9 +282,7 @@ class ChatRouter:
         except UpstreamError as exc:
             await self.breakers.failure(attempt.route.provider, exc.retry_after)
             status = UsageRecord.STATUS_UPSTREAM_ERROR
-            yield pb.CompletionChunk(
-                error=pb.StreamError(type=exc.error_type, message=exc.message, code=exc.code or "")
-            )
+            yield pb.CompletionChunk(error=pb.StreamError(type=exc.type, message=exc.message, code=exc.code or ""))
         finally:
             await chunks.aclose()
             self._finish(record, usage, body, started, first_at, status)

@@ -168,7 +168,7 @@ def _all_usage(stack: Stack, account: str) -> list:
             page = stub.ListLedger(
                 billing_pb2.ListLedgerRequest(account_id=account, limit=500, cursor=cursor), timeout=10
             )
-            out.extend(e for e in page.entries if e.kind == "usage")
+            out.extend(e for e in page.entries if e.kind == billing_pb2.ENTRY_KIND_USAGE)
             if not page.next_cursor:
                 return out
             cursor = page.next_cursor

@@ -1,9 +1,14 @@
-"""The admin API (DESIGN.md): accounts, keys and credit, behind the admin token."""
+"""The admin API (DESIGN.md): accounts, keys and credit, behind the admin token.
+
+Typed values (faregate.values) enter as their JSON strings through the body models and leave
+as them through the ``…_json`` functions (``key_json`` here, ``transaction_json`` in
+billing.py): the only places the edge turns proto enums into the REST contract's strings.
+"""
 
 from __future__ import annotations
 
 import hmac
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -14,12 +19,10 @@ from faregate.money import micros_to_usd, usd_to_micros
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
 from faregate.pb.router.v1 import router_pb2
+from faregate.values import KeyMode, KeyStatus, RoutingMode
 from services.edge.clients import unary
 from services.edge.context import bearer, edge
 from services.edge.routes.responses import json_response
-
-MODES = {"live": auth_pb2.KEY_MODE_LIVE, "test": auth_pb2.KEY_MODE_TEST}
-_MODE_NAMES = {v: k for k, v in MODES.items()}
 
 
 def require_admin(request: Request) -> None:
@@ -59,17 +62,17 @@ class KeyRouting(Body):
     """How the router picks a provider for the key: auto (the model's chain), preferred (this
     provider first, then the chain) or failover (only this provider)."""
 
-    routing_mode: Literal["auto", "preferred", "failover"] | None = None
+    routing_mode: RoutingMode | None = None
     preferred_provider: str | None = Field(default=None, min_length=1, max_length=100)
 
     async def routing(self, request: Request) -> auth_pb2.Routing | None:
         """The routing to store, checked against the router's providers; None when not given."""
         if self.routing_mode is None and self.preferred_provider is None:
             return None
-        mode = self.routing_mode or ("preferred" if self.preferred_provider else "auto")
+        mode = self.routing_mode or (RoutingMode.PREFERRED if self.preferred_provider else RoutingMode.AUTO)
         provider = self.preferred_provider or ""
-        if mode != "auto" and not provider:
-            raise InvalidRequest(f"routing_mode {mode!r} needs a preferred_provider", param="preferred_provider")
+        if mode is not RoutingMode.AUTO and not provider:
+            raise InvalidRequest(f"routing_mode {mode.value!r} needs a preferred_provider", param="preferred_provider")
         if provider:
             health = await unary(edge(request).clients.router.ProviderHealth, router_pb2.ProviderHealthRequest())
             known = sorted(p.provider for p in health.providers)
@@ -77,12 +80,12 @@ class KeyRouting(Body):
                 raise InvalidRequest(
                     f"unknown provider {provider!r}; one of: {', '.join(known)}", param="preferred_provider"
                 )
-        return auth_pb2.Routing(mode=mode, provider=provider)
+        return auth_pb2.Routing(mode=mode.to_pb(), provider=provider)
 
 
 class NewKey(KeyRouting):
     name: str = Field(default="", max_length=200)
-    mode: Literal["live", "test"] = "live"
+    mode: KeyMode = KeyMode.LIVE
     expires_at: int | None = Field(default=None, gt=0, description="Unix seconds")
 
 
@@ -111,14 +114,14 @@ def key_json(k: auth_pb2.ApiKey) -> dict[str, Any]:
         "object": "api_key",
         "account_id": k.account_id,
         "name": k.name,
-        "mode": _MODE_NAMES.get(k.mode, "live"),
+        "mode": KeyMode.from_pb(k.mode).value,
         "masked": k.masked,
-        "status": k.status,
+        "status": KeyStatus.from_pb(k.status).value,
         "created": k.created_at,
         "last_used": k.last_used_at or None,
         "expires_at": k.expires_at or None,
         "limits": {f: (None if v == -1 else v) for f, v in limits.items()},
-        "routing_mode": k.routing.mode or "auto",
+        "routing_mode": RoutingMode.from_pb(k.routing.mode).value,
         "preferred_provider": k.routing.provider or None,
     }
 
@@ -163,7 +166,7 @@ async def create_key(request: Request, account_id: str) -> Response:
         auth_pb2.CreateKeyRequest(
             account_id=account_id,
             name=body.name,
-            mode=MODES[body.mode],
+            mode=body.mode.to_pb(),
             expires_at=body.expires_at or 0,
             routing=await body.routing(request),
         ),

@@ -14,10 +14,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from faregate.errors import Forbidden, InvalidRequest
+from faregate.errors import ContentPolicy, InvalidRequest
 from faregate.money import micros_to_usd, usd_to_micros
 from faregate.pb.auth.v1 import auth_pb2
 from faregate.pb.billing.v1 import billing_pb2
+from faregate.values import EntryKind
 from services.edge.clients import unary
 from services.edge.context import edge
 from services.edge.routes.admin import Body, parse
@@ -56,7 +57,7 @@ def transaction_json(e: billing_pb2.LedgerEntry) -> dict[str, Any]:
     return {
         "id": e.id,
         "object": "transaction",
-        "kind": e.kind,
+        "kind": EntryKind.from_pb(e.kind).value,
         "amount_usd": micros_to_usd(e.amount_micros),
         "request_id": e.request_id or None,
         "note": e.note,
@@ -204,7 +205,7 @@ class Portal(Body):
 async def _payer(request: Request) -> auth_pb2.AuthenticateResponse:
     me = await caller(request)
     if me.mode != auth_pb2.KEY_MODE_LIVE:
-        raise Forbidden("payments need a live key (gw_live_…)", code="live_key_required")
+        raise ContentPolicy("payments need a live key (gw_live_…)", code="live_key_required")
     return me
 
 

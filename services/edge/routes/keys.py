@@ -6,17 +6,16 @@ found. A test key can only create test keys.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from faregate.errors import Forbidden, InvalidRequest
+from faregate.errors import ContentPolicy, InvalidRequest
 from faregate.pb.auth.v1 import auth_pb2
+from faregate.values import KeyMode
 from services.edge.clients import unary
 from services.edge.context import bearer, edge
-from services.edge.routes.admin import MODES, KeyRouting, key_json, parse
+from services.edge.routes.admin import KeyRouting, key_json, parse
 from services.edge.routes.responses import json_response
 
 router = APIRouter(prefix="/v1/keys")
@@ -24,7 +23,7 @@ router = APIRouter(prefix="/v1/keys")
 
 class NewOwnKey(KeyRouting):
     name: str = Field(default="", max_length=200)
-    mode: Literal["live", "test"] | None = None
+    mode: KeyMode | None = None
     expires_at: int | None = Field(default=None, gt=0, description="Unix seconds")
 
 
@@ -47,15 +46,18 @@ async def list_keys(request: Request) -> Response:
 async def create_key(request: Request) -> Response:
     me = await caller(request)
     body = await parse(request, NewOwnKey)
-    mode = body.mode or ("test" if me.mode == auth_pb2.KEY_MODE_TEST else "live")
-    if me.mode == auth_pb2.KEY_MODE_TEST and mode == "live":
-        raise Forbidden("a test key can only create test keys", code="test_key_cannot_create_live_key", param="mode")
+    own = KeyMode.from_pb(me.mode)
+    mode = body.mode or own
+    if own is KeyMode.TEST and mode is KeyMode.LIVE:
+        raise ContentPolicy(
+            "a test key can only create test keys", code="test_key_cannot_create_live_key", param="mode"
+        )
     created = await unary(
         edge(request).clients.auth.CreateKey,
         auth_pb2.CreateKeyRequest(
             account_id=me.account_id,
             name=body.name,
-            mode=MODES[mode],
+            mode=mode.to_pb(),
             expires_at=body.expires_at or 0,
             routing=await body.routing(request),
         ),

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from faregate.errors import InvalidRequest, NotFound
+from faregate.errors import InvalidRequest, ModelNotFound
 from faregate.pb.router.v1 import router_pb2
 from services.edge.clients import unary
 from services.edge.context import edge
@@ -95,4 +95,4 @@ async def get_model(request: Request, model_id: str) -> Response:
     for m in await _models(request):
         if m.id == model_id or model_id in m.aliases:
             return json_response(model_json(m))
-    raise NotFound(f"model {model_id!r} does not exist", code="model_not_found", param="model")
+    raise ModelNotFound(f"model {model_id!r} does not exist", param="model")

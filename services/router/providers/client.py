@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from faregate.errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from faregate.errors import ContextLengthExceeded, InvalidRequest, UpstreamError, UpstreamTimeout
 
 _INVALID = frozenset({400, 404, 413, 422})
 
@@ -107,10 +107,13 @@ class UpstreamClient:
             doc = await resp.json(content_type=None)
             error = doc.get("error") if isinstance(doc, dict) else None
             detail = str(error.get("message") or "") if isinstance(error, dict) else ""
+            code = str(error.get("code") or "") if isinstance(error, dict) else ""
         except (ValueError, aiohttp.ClientError, TimeoutError):
-            detail = ""
+            detail = code = ""
         finally:
             resp.release()
+        if resp.status in _INVALID and code == "context_length_exceeded":
+            raise ContextLengthExceeded(f"provider {self.name} rejected the request: {detail or resp.reason}")
         if resp.status in _INVALID:
             raise InvalidRequest(f"provider {self.name} rejected the request: {detail or resp.reason}")
         raise UpstreamError(

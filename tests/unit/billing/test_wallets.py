@@ -62,7 +62,7 @@ async def test_holds_count_against_what_is_available(books: Any) -> None:
     await wallets.reserve(acc, rid(), 60)  # 40 left was still above the minimum (0): admitted
     with pytest.raises(InsufficientBalance) as refused:
         await wallets.reserve(acc, rid(), 1)
-    assert refused.value.status == 402 and refused.value.error_type == "insufficient_balance"
+    assert refused.value.status == 402 and refused.value.type == "insufficient_balance"
     funds = await wallets.funds(acc)
     assert (funds.balance_micros, funds.held_micros, funds.available_micros) == (100, 120, -20)
 

@@ -16,14 +16,19 @@ from faregate.errors import (
     InsufficientBalance,
     PayloadTooLarge,
     RateLimited,
+    Reason,
     UpstreamError,
 )
-from services.edge.callers import AdmissionGrant, Credentials, FundsGrant
+from services.edge.callers import AdmissionGrant, Admitted, Credentials, FundsGrant
 from services.edge.gateway import Endpoint, Gateway, Opened, key_digest
 from tests.unit.edge.fakes import CALLER, LIVE_KEY, FakeRouter, FakeStream, Sleeps, gateway, settled
 
 LIVE = Credentials(LIVE_KEY, "10.0.0.1")
 TEST = Credentials("gw_test_" + "t" * 32)
+
+
+def auth_admitted(grant: AdmissionGrant) -> Admitted:
+    return Admitted(CALLER, "s", grant)
 
 
 def chat(**fields: object) -> bytes:
@@ -81,7 +86,7 @@ async def test_auth_refusing_in_the_same_round_as_a_hold_drops_the_hold() -> Non
     gw, auth, billing, _ = await gateway()
     async with gw.admit(LIVE, chat(), request_id="req_1") as first:
         await first.complete()
-    auth.refuse = RateLimited("rate limit exceeded", code="concurrency_exceeded", retry_after=1)
+    auth.refuse = RateLimited("rate limit exceeded", reason=Reason.CONCURRENCY_EXCEEDED, retry_after=1)
     with pytest.raises(RateLimited):
         async with gw.admit(LIVE, chat(), request_id="req_2"):
             raise AssertionError("not admitted")
@@ -208,6 +213,28 @@ async def test_grants_admit_without_a_call_until_spent() -> None:
     assert len(router.calls) == 3
     await gw.close()
     assert sorted(s.request_id for s in billing.spends) == ["req_2", "req_3"] and billing.ended == ["fg_1"]
+
+
+async def test_a_refusal_for_a_window_the_edge_holds_a_grant_of_spends_the_grant() -> None:
+    """auth counted the grant's admissions before this request reached it: refused for that
+    window, the request is admitted from the grant (ADR 11), never past it."""
+    gw, auth, _, _ = await gateway()
+    auth.grant = AdmissionGrant(1, ("g1",), 1000, 60)
+    async with gw.admit(TEST, chat(), request_id="req_1") as first:
+        await first.complete()
+    grant_caller, slot = gw.grants.admissions.take(key_digest(TEST.key)) or (None, "")
+    assert grant_caller == CALLER and slot == "g1"
+    gw.grants.admissions.release_slot(slot)
+    gw.grants.admissions.install(key_digest(TEST.key), auth_admitted(AdmissionGrant(1, ("g2",), 1000, 60)))
+    auth.refuse = RateLimited("rate limit exceeded: 1 requests per minute", reason=Reason.RPM_EXCEEDED)
+    gw.grants.admissions._grants[key_digest(TEST.key)].left = 1
+    gw.grants.admissions._grants[key_digest(TEST.key)].free = []  # no free slot: it must ask auth
+    gw.grants.admissions.release_slot("g2")
+    async with gw.admit(TEST, chat(), request_id="req_2") as second:
+        assert second.caller == CALLER
+    with pytest.raises(RateLimited):  # the grant is spent: the refusal stands
+        async with gw.admit(TEST, chat(), request_id="req_3"):
+            raise AssertionError("not admitted")
 
 
 async def test_the_edge_keeps_only_a_digest_of_a_key() -> None:

@@ -1,46 +1,11 @@
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from faregate import errors
 from faregate.grpc import channel_target
 from faregate.money import micros_to_usd, token_cost, usd_to_micros
 from faregate.tokens import estimate_messages, estimate_text
-
-
-@pytest.mark.parametrize(
-    "cls",
-    [
-        errors.InvalidRequest,
-        errors.PayloadTooLarge,
-        errors.AuthenticationFailed,
-        errors.InsufficientBalance,
-        errors.Forbidden,
-        errors.NotFound,
-        errors.RateLimited,
-        errors.UpstreamError,
-        errors.ServiceUnavailable,
-    ],
-)
-def test_errors_survive_the_grpc_metadata_round_trip(cls: type[errors.FaregateError]) -> None:
-    original = cls("it broke", code="some_code", param="model", retry_after=2.5)
-    rebuilt = errors.from_metadata("it broke", original.metadata(), fallback=grpc.StatusCode.UNKNOWN)
-    assert type(rebuilt) is cls
-    assert rebuilt.body() == original.body()
-    assert rebuilt.status == original.status
-    assert rebuilt.headers() == {"Retry-After": "3"}
-
-
-def test_a_bare_unavailable_status_means_a_service_is_down() -> None:
-    err = errors.from_metadata("connect failed", (), fallback=grpc.StatusCode.UNAVAILABLE)
-    assert err.status == 503 and err.retry_after
-    assert "connect failed" not in err.message  # peer internals are not shown to clients
-
-
-def test_unknown_bare_status_is_internal_without_detail() -> None:
-    err = errors.from_metadata("Traceback ...", (), fallback=grpc.StatusCode.INTERNAL)
-    assert err.status == 500 and err.body()["error"]["message"] == "internal error"
 
 
 def test_error_body_has_the_openai_shape() -> None:

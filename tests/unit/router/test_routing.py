@@ -8,6 +8,7 @@ import pytest
 from faregate.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from faregate.pb.router.v1 import router_pb2 as pb
+from faregate.values import RoutingMode
 from services.router.catalog import load_catalog
 from services.router.providers.echo import EchoProvider
 from services.router.routing import ChatRouter, parse_body
@@ -140,7 +141,8 @@ def multi(tmp_path) -> ChatRouter:
 
 
 def _caller(mode: str = "", provider: str = "") -> pb.Caller:
-    return pb.Caller(account_id="a", key_id="k", billable=True, routing_mode=mode, preferred_provider=provider)
+    routing_mode = RoutingMode(mode).to_pb() if mode else 0
+    return pb.Caller(account_id="a", key_id="k", billable=True, routing_mode=routing_mode, preferred_provider=provider)
 
 
 async def _plan(router: ChatRouter, body: dict, caller: pb.Caller | None = None) -> list[tuple[str, str]]:
