@@ -32,6 +32,8 @@ from services.auth.storage import AccountRow, AuthStore, KeyRow, now_ms
 
 log = logging.getLogger(__name__)
 
+_RETURN_MEMORY_S = 180  # a grant's return arrives within its minute window or is worthless
+
 GRANT_S = 1.0  # default FAREGATE_GRANT_SECONDS: how long an edge may spend a grant (ADR 11)
 GRANT_MAX = 1_000  # admissions in one grant
 GRANT_SHARE = 8  # a grant holds at most 1/8 of a window's requests, half of the concurrency
@@ -55,6 +57,7 @@ class Grant:
     slot_ids: tuple[str, ...]
     valid_ms: int
     window: int  # the minute window they were counted in (Unix seconds)
+    id: str = ""  # its returns are refunded once
 
 
 @dataclass(frozen=True)
@@ -237,12 +240,15 @@ class Authenticator:
         valid_ms = int(min(self._grant_s, reset_at - now) * 1000)
         if not granted or valid_ms <= 0:
             return slot, window, None
-        return slot, window, Grant(granted, extra[:slots], valid_ms, reset_at - 60)
+        return slot, window, Grant(granted, extra[:slots], valid_ms, reset_at - 60, f"gr_{secrets.token_hex(8)}")
 
-    async def refund(self, key_id: str, unused: int, window: int) -> None:
+    async def refund(self, key_id: str, unused: int, window: int, grant_id: str = "") -> None:
         """An ended grant's admissions that were never spent go back to their minute window
-        and day (an edge returns them; a window that has ended has nothing to give back)."""
+        and day (an edge returns them; a window that has ended has nothing to give back).
+        Once per grant: an edge resends a return whose delivery it could not confirm."""
         if unused > 0 and key_id and key_id != "guest":
+            if grant_id and await self._counters.take(f"returned:{{{grant_id}}}", 1, _RETURN_MEMORY_S) < 0:
+                return  # refunded already
             rpm, rpd, _, _ = AdmitCheck(key_id, None, None, None, None, "", "", 0, float(window)).buckets()
             await self._counters.refund(rpm, unused)
             await self._counters.refund(rpd, unused)

@@ -56,7 +56,7 @@ def admission_message(a: Admission, lease: float) -> pb.AuthenticateResponse:
     if a.grant is not None:
         g = a.grant
         reply.grant.CopyFrom(
-            pb.Grant(admissions=g.admissions, slot_ids=g.slot_ids, valid_ms=g.valid_ms, window=g.window)
+            pb.Grant(admissions=g.admissions, slot_ids=g.slot_ids, valid_ms=g.valid_ms, window=g.window, id=g.id)
         )
     return reply
 
@@ -124,7 +124,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         for slot in slots:
             await self._auth.release(slot.key_id, slot.slot_id)
         for r in returned:
-            await self._auth.refund(r.key_id, r.unused, r.window)
+            await self._auth.refund(r.key_id, r.unused, r.window, r.grant_id)
 
     async def Renew(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
         await self._auth.renew(request.key_id, request.slot_id)

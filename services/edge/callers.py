@@ -56,6 +56,7 @@ class AdmissionGrant:
     slot_ids: tuple[str, ...]
     valid_ms: int
     window: int  # the minute window they were counted in (Unix seconds)
+    id: str = ""  # auth refunds its returns once
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class GrantReturn:
     key_id: str
     unused: int
     window: int
+    grant_id: str = ""
 
 
 @dataclass(slots=True)

@@ -176,7 +176,7 @@ def admitted_from_pb(reply: auth_pb2.AuthenticateResponse) -> Admitted:
     grant = None
     if reply.HasField("grant"):
         g = reply.grant
-        grant = AdmissionGrant(g.admissions, tuple(g.slot_ids), g.valid_ms, g.window)
+        grant = AdmissionGrant(g.admissions, tuple(g.slot_ids), g.valid_ms, g.window, g.id)
     return Admitted(caller_from_pb(reply), reply.slot_id, grant)
 
 
@@ -185,7 +185,9 @@ def _release_pb(release: SlotRelease) -> auth_pb2.ReleaseRequest:
 
 
 def _return_pb(returned: GrantReturn) -> auth_pb2.GrantReturn:
-    return auth_pb2.GrantReturn(key_id=returned.key_id, unused=returned.unused, window=returned.window)
+    return auth_pb2.GrantReturn(
+        key_id=returned.key_id, unused=returned.unused, window=returned.window, grant_id=returned.grant_id
+    )
 
 
 class BillingClient:

@@ -116,6 +116,7 @@ class _KeyGrant(_Grant):
     needs_slot: bool  # the key has a concurrency limit
     until: float
     window: int
+    id: str = ""
     ended: bool = False
 
 
@@ -189,6 +190,7 @@ class AdmissionGrants(_Book[_KeyGrant]):
             bool(admitted.slot_id),
             self._clock() + g.valid_ms / 1000,
             g.window,
+            g.id,
         )
         self._install(key, grant)
         for slot in g.slot_ids:
@@ -218,7 +220,7 @@ class AdmissionGrants(_Book[_KeyGrant]):
         grant.ended = True
         key_id = grant.caller.key_id
         if grant.left > 0:
-            self._releases.add_return(GrantReturn(key_id, grant.left, grant.window))
+            self._releases.add_return(GrantReturn(key_id, grant.left, grant.window, grant.id))
             grant.left = 0
         for slot in grant.free:
             del self._by_slot[slot]

@@ -19,9 +19,9 @@ from faregate.errors import (
     Reason,
     UpstreamError,
 )
-from services.edge.callers import AdmissionGrant, Admitted, Credentials, FundsGrant
+from services.edge.callers import AdmissionGrant, Admitted, Credentials, FundsGrant, GrantReturn, SlotRelease
 from services.edge.gateway import Endpoint, Gateway, Opened, key_digest
-from tests.unit.edge.fakes import CALLER, LIVE_KEY, FakeRouter, FakeStream, Sleeps, gateway, settled
+from tests.unit.edge.fakes import CALLER, LIVE_KEY, FakeRouter, FakeStream, Sleeps, down, gateway, settled
 
 LIVE = Credentials(LIVE_KEY, "10.0.0.1")
 TEST = Credentials("gw_test_" + "t" * 32)
@@ -302,3 +302,20 @@ async def test_what_cannot_be_delivered_by_the_close_is_reported() -> None:
 def test_a_faregate_error_is_what_every_refusal_raises() -> None:
     for refusal in (AuthenticationFailed, InsufficientBalance, PayloadTooLarge, RateLimited, UpstreamError):
         assert issubclass(refusal, FaregateError)
+
+
+async def test_what_a_failed_admission_carried_is_carried_again() -> None:
+    """Releases and grant returns ride on an Authenticate; if it fails, the next one carries
+    them again (auth releases a slot and refunds a grant's return once)."""
+    gw, auth, _, _ = await gateway()
+    gw.releases.add(SlotRelease("key_1", "s_old"))
+    gw.releases.add_return(GrantReturn("key_1", 2, 60, "gr_1"))
+    auth.refuse = down()
+    with pytest.raises(FaregateError):
+        async with gw.admit(TEST, chat(), request_id="req_1"):
+            raise AssertionError("not admitted")
+    auth.refuse = None
+    async with gw.admit(TEST, chat(), request_id="req_2") as admission:
+        await admission.complete()
+    assert auth.released == [SlotRelease("key_1", "s_old")]
+    assert auth.returned == [GrantReturn("key_1", 2, 60, "gr_1")]
