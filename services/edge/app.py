@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+import faregate
 from faregate.processes import split_host_port
 from faregate.settings import EdgeSettings
 from services.edge import errors
@@ -53,7 +54,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             await funds.close()
             await clients.close()
 
-    app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="Faregate", version=faregate.__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     for module in (models, keys, billing, providers, admin, health, webhooks):
         app.include_router(module.router)
