@@ -20,6 +20,23 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from faregate import __version__
+
+        typer.echo(f"faregate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Faregate, the LLM API gateway."""
+
+
 @app.command()
 def auth() -> None:
     """Run the auth service (accounts, keys, limits)."""

@@ -20,8 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVICES = ("auth", "billing", "router", "edge")
-
 
 def free_port() -> int:
     """A port free now, picked below the kernel's ephemeral range.

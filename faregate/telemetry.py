@@ -20,10 +20,3 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     logging.getLogger("uvicorn.access").disabled = True
     for noisy in ("nats", "aiosqlite", "sqlalchemy.engine", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def install_uvloop() -> None:
-    """Use uvloop for every asyncio loop of this process (grpc.aio supports it)."""
-    import uvloop
-
-    uvloop.install()

@@ -227,10 +227,6 @@ class Stack:
         return value
 
 
-def python() -> str:
-    return sys.executable
-
-
 def ledger(stack: Stack, account_id: str) -> list[Any]:
     """The account's ledger entries, newest first, read from the real billing service (each
     entry's fields, its kind as faregate.values.EntryKind: it compares equal to "usage", …)."""

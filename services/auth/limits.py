@@ -45,7 +45,6 @@ DEFAULT_PLANS: dict[str, Limits] = {
     "unlimited": Limits(None, None, None, None),
 }
 DEFAULT_PLAN = "basic"
-GUEST_PLAN = "guest"
 GUEST_LIMITS = Limits(rpm=5, requests_per_day=None, tokens_per_day=None, concurrency=64)  # rpm per client IP
 GUEST_MAX_TOKENS = 256
 
@@ -146,10 +145,6 @@ class Counters(ABC):
         """Give back units counted but never used (a bucket that has expired stays gone)."""
 
     @abstractmethod
-    async def acquire(self, bucket: str, slot: str, limit: int, lease: float, now: float) -> bool:
-        """Take a slot if fewer than ``limit`` unexpired slots are held."""
-
-    @abstractmethod
     async def renew(self, bucket: str, slot: str, lease: float, now: float) -> None: ...
 
     @abstractmethod
@@ -241,15 +236,6 @@ class LocalCounters(Counters):
         if count:
             self._counts[bucket] = (max(count - amount, 0), self._counts[bucket][1])
 
-    async def acquire(self, bucket: str, slot: str, limit: int, lease: float, now: float) -> bool:
-        slots = {s: exp for s, exp in self._slots.get(bucket, {}).items() if exp > now}
-        if len(slots) >= limit:
-            self._slots[bucket] = slots
-            return False
-        slots[slot] = now + lease
-        self._slots[bucket] = slots
-        return True
-
     async def renew(self, bucket: str, slot: str, lease: float, now: float) -> None:
         slots = self._slots.get(bucket, {})
         if slot in slots:
@@ -275,14 +261,6 @@ _ADD = """
 local c = redis.call('INCRBY', KEYS[1], ARGV[1])
 if c == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return c
-"""
-
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
 """
 
 
@@ -344,7 +322,6 @@ class RedisCounters(Counters):
         self._prefix = prefix
         self._take = redis.register_script(_TAKE)
         self._add = redis.register_script(_ADD)
-        self._acquire = redis.register_script(_ACQUIRE)
         self._admit = redis.register_script(_ADMIT)
         self._refund = redis.register_script(_REFUND)
 
@@ -386,10 +363,6 @@ class RedisCounters(Counters):
 
     async def refund(self, bucket: str, amount: int) -> None:
         await self._refund(keys=[self._prefix + bucket], args=[amount])
-
-    async def acquire(self, bucket: str, slot: str, limit: int, lease: float, now: float) -> bool:
-        ok = await self._acquire(keys=[self._prefix + bucket], args=[now, limit, now + lease, slot, int(lease) + 60])
-        return bool(ok)
 
     async def renew(self, bucket: str, slot: str, lease: float, now: float) -> None:
         await self._redis.zadd(self._prefix + bucket, {slot: now + lease}, xx=True)

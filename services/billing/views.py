@@ -26,12 +26,6 @@ def month_start_ms(now: float | None = None) -> int:
     return int(datetime(t.year, t.month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-def next_month_start_ms(now: float | None = None) -> int:
-    t = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
-    year, month = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
-    return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
-
-
 def _page(limit: int) -> int:
     return max(1, min(limit or 50, MAX_PAGE))
 

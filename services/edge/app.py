@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+import faregate
 from faregate.processes import split_host_port
 from faregate.runtime import Supervisor
 from faregate.settings import EdgeSettings
@@ -60,7 +61,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             await gateway.close()
             await clients.close()
 
-    app = FastAPI(title="Faregate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="Faregate", version=faregate.__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     for module in (models, keys, billing, providers, admin, health, webhooks):
         app.include_router(module.router)

@@ -93,7 +93,10 @@ class StripeStub:
             self._loop = asyncio.new_event_loop()
             self._loop.run_until_complete(self._serve())
             started.set()
-            self._loop.run_forever()
+            try:
+                self._loop.run_forever()
+            finally:
+                self._loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True, name="stripe-stub")
         self._thread.start()

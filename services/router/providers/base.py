@@ -6,7 +6,6 @@ Adapters raise only Faregate errors (``UpstreamError``, ``UpstreamTimeout``,
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -48,15 +47,6 @@ class Provider(ABC):
         first chunk raises there. ``usage`` is filled as chunks arrive; the usage-only chunk
         is relayed only when the client asked for it (``include_usage``).
         """
-
-    async def chat_stream(
-        self, model: str, body: dict[str, Any], usage: Usage, *, include_usage: bool
-    ) -> AsyncGenerator[bytes, None]:
-        """The same payloads one by one."""
-        async with contextlib.aclosing(self.chat_batches(model, body, usage, include_usage=include_usage)) as batches:
-            async for batch in batches:
-                for data in batch:
-                    yield data
 
     async def embeddings(self, model: str, body: dict[str, Any]) -> Completion:
         """An embeddings response for the upstream model id ``model`` (input tokens only)."""

@@ -12,15 +12,32 @@ from faregate import db
 from faregate.errors import AuthenticationFailed, NotFound, RateLimited
 from services.auth.admission import Authenticator
 from services.auth.keys import KeyHasher
+from services.auth.limits import LocalCounters
 from services.auth.storage import AuthStore
 
 
+class Clock:
+    """The limits' clock: windows move only when a test moves it (never across a minute by chance)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_010.0  # 10 s into a minute
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-async def auth(tmp_path: Path) -> AsyncIterator[Authenticator]:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def auth(tmp_path: Path, clock: Clock) -> AsyncIterator[Authenticator]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
     await db.upgrade_async("auth", url)
     engine = db.make_engine(url)
-    yield Authenticator(AuthStore(db.make_sessionmaker(engine)), KeyHasher(b"k" * 32), cache_ttl=0)
+    store = AuthStore(db.make_sessionmaker(engine))
+    yield Authenticator(store, KeyHasher(b"k" * 32), LocalCounters(clock), cache_ttl=0, clock=clock)
     await engine.dispose()
 
 
@@ -64,17 +81,20 @@ async def test_test_keys_are_not_billable(auth: Authenticator) -> None:
     assert not admitted.billable and admitted.window is None and admitted.slot_id == ""
 
 
-async def test_guest_requests_are_limited_per_address(auth: Authenticator) -> None:
+async def test_guest_requests_are_limited_per_address(auth: Authenticator, clock: Clock) -> None:
     for _ in range(5):
         guest = await auth.admit("", "10.0.0.1")
         assert guest.guest and guest.account_id == "acc_guest" and not guest.billable
         await auth.release(guest.key_id, guest.slot_id)
-    with pytest.raises(RateLimited, match="guest"):
+    with pytest.raises(RateLimited, match="guest") as refused:
         await auth.admit("", "10.0.0.1")
+    assert refused.value.retry_after == 50  # the rest of the minute
     assert (await auth.admit("", "10.0.0.2")).guest  # another address has its own budget
+    clock.now += 50  # the next minute
+    assert (await auth.admit("", "10.0.0.1")).guest
 
 
-async def test_concurrency_slots_and_daily_tokens(auth: Authenticator) -> None:
+async def test_concurrency_slots_and_daily_tokens(auth: Authenticator, clock: Clock) -> None:
     account = await auth.create_account("acme", "basic")
     row, secret = await auth.create_key(account.id, "", "live", None)
     await auth.update_key(row.id, {"concurrency_limit": 2, "tokens_per_day_limit": 100, "rpm_limit": -1})
@@ -86,16 +106,20 @@ async def test_concurrency_slots_and_daily_tokens(auth: Authenticator) -> None:
     c = await auth.admit(secret)
     await auth.release(b.key_id, b.slot_id)
     await auth.release(c.key_id, c.slot_id)
-    await auth.record_tokens(row.id, 100, time.time())
+    await auth.record_tokens(row.id, 100, clock())
     with pytest.raises(RateLimited, match="tokens per UTC day"):
         await auth.admit(secret)
 
 
-async def test_a_burst_of_bad_keys_is_capped(auth: Authenticator) -> None:
+async def test_a_burst_of_bad_keys_is_capped(auth: Authenticator, clock: Clock) -> None:
     for i in range(60):
         with pytest.raises(AuthenticationFailed):
             await auth.admit(f"gw_live_{i:032d}", "10.9.9.9")
-    with pytest.raises(RateLimited, match="failed authentications"):
+    with pytest.raises(RateLimited, match="failed authentications") as capped:
+        await auth.admit("gw_live_" + "Q" * 32, "10.9.9.9")
+    assert capped.value.retry_after == 50
+    clock.now += 50  # the next minute: a bad key is refused as bad again, not capped
+    with pytest.raises(AuthenticationFailed):
         await auth.admit("gw_live_" + "Q" * 32, "10.9.9.9")
 
 
@@ -112,8 +136,8 @@ async def test_a_grant_is_sized_by_the_limits_and_refunded_when_unspent(auth: Au
     assert admitted.window is not None and admitted.window.remaining == 60 - 8  # counted already
     await auth.refund(row.id, grant.admissions, grant.window)
     again = await auth.admit(secret)
-    if again.window is not None and again.window.reset_at - 60 == grant.window:  # same minute
-        assert again.window.remaining == 60 - 2
+    assert again.window is not None and again.window.reset_at - 60 == grant.window  # the same minute
+    assert again.window.remaining == 60 - 2
     assert again.grant is None  # none asked for
     await auth.update_key(row.id, {"concurrency_limit": 1})
     for slot in (admitted.slot_id, again.slot_id, *grant.slot_ids):

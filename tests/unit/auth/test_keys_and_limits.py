@@ -67,15 +67,22 @@ async def test_take_never_exceeds_the_limit_under_concurrency(counters: Counters
 
 
 async def test_slots_are_leases(counters: Counters) -> None:
-    assert await counters.acquire("c", "s1", 2, 30, now=1000)
-    assert await counters.acquire("c", "s2", 2, 30, now=1000)
-    assert not await counters.acquire("c", "s3", 2, 30, now=1001)
-    await counters.release("c", "s1")
-    assert await counters.acquire("c", "s3", 2, 30, now=1002)
+    from services.auth.limits import AdmitCheck
+
+    async def take(slot: str, now: float) -> bool:
+        """A slot of at most 2, leased for 30 s (no other limit)."""
+        check = AdmitCheck("l", None, None, None, 2, "conc:{l}", slot, 30, now)
+        return (await counters.admit(check)).refused is None
+
+    assert await take("s1", 1000)
+    assert await take("s2", 1000)
+    assert not await take("s3", 1001)
+    await counters.release("conc:{l}", "s1")
+    assert await take("s3", 1002)
     # s2 was never renewed: after its lease it no longer counts; s3 is renewed and still does.
-    await counters.renew("c", "s3", 30, now=1025)
-    assert await counters.acquire("c", "s4", 2, 30, now=1040)
-    assert not await counters.acquire("c", "s5", 2, 30, now=1041)
+    await counters.renew("conc:{l}", "s3", 30, now=1025)
+    assert await take("s4", 1040)
+    assert not await take("s5", 1041)
 
 
 async def test_add_accumulates(counters: Counters) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -27,11 +27,13 @@ def stub() -> Iterator[StripeStub]:
     s.stop()
 
 
-def payments(stub: StripeStub, *, tolerance: int = 300) -> StripePayments:
-    client = stripe.StripeClient(
-        stub.api_key, base_addresses={"api": stub.api_base}, http_client=stripe.AIOHTTPClient(timeout=5)
-    )
-    return StripePayments(client, SECRET, tolerance=tolerance)
+@pytest.fixture
+async def payments(stub: StripeStub) -> AsyncIterator[StripePayments]:
+    http = stripe.AIOHTTPClient(timeout=5)
+    client = stripe.StripeClient(stub.api_key, base_addresses={"api": stub.api_base}, http_client=http)
+    made = StripePayments(client, SECRET, http_client=http)
+    yield made
+    await made.close()  # the SDK's aiohttp session, as billing's server closes it
 
 
 def account() -> str:
@@ -49,9 +51,9 @@ async def deliver(topups: TopUps, type_: str, obj: dict[str, Any], event_id: str
 
 
 async def test_checkout_makes_one_customer_per_account_and_a_session(
-    sessions: async_sessionmaker[Any], stub: StripeStub
+    sessions: async_sessionmaker[Any], stub: StripeStub, payments: StripePayments
 ) -> None:
-    topups = TopUps(sessions, payments(stub))
+    topups = TopUps(sessions, payments)
     acc = account()
     first = await topups.checkout(acc, 25_000_000, "https://app.example/ok", "https://app.example/no")
     second = await topups.checkout(acc, 12_340_000, "https://app.example/ok", "https://app.example/no")
@@ -64,8 +66,10 @@ async def test_checkout_makes_one_customer_per_account_and_a_session(
     assert stub.requests[-1]["params"]["customer"] == s1["customer"]
 
 
-async def test_bad_checkouts_are_refused_before_stripe(sessions: async_sessionmaker[Any], stub: StripeStub) -> None:
-    topups = TopUps(sessions, payments(stub))
+async def test_bad_checkouts_are_refused_before_stripe(
+    sessions: async_sessionmaker[Any], stub: StripeStub, payments: StripePayments
+) -> None:
+    topups = TopUps(sessions, payments)
     before = len(stub.requests)
     for amount, ok, cancel in (
         (0, "https://a/ok", "https://a/no"),
@@ -82,11 +86,11 @@ async def test_bad_checkouts_are_refused_before_stripe(sessions: async_sessionma
 
 
 async def test_stripe_failures_and_missing_configuration_are_our_errors(
-    sessions: async_sessionmaker[Any], stub: StripeStub
+    sessions: async_sessionmaker[Any], stub: StripeStub, payments: StripePayments
 ) -> None:
     stub.fail_next = 500
     with pytest.raises(UpstreamError):
-        await TopUps(sessions, payments(stub)).checkout(account(), 5_000_000, "https://a/ok", "https://a/no")
+        await TopUps(sessions, payments).checkout(account(), 5_000_000, "https://a/ok", "https://a/no")
     bare = TopUps(sessions, StripePayments(None, None))
     with pytest.raises(ServiceUnavailable) as err:
         await bare.checkout(account(), 5_000_000, "https://a/ok", "https://a/no")
@@ -96,9 +100,9 @@ async def test_stripe_failures_and_missing_configuration_are_our_errors(
 
 
 async def test_a_paid_checkout_credits_once_however_often_it_is_delivered(
-    sessions: async_sessionmaker[Any], stub: StripeStub
+    sessions: async_sessionmaker[Any], stub: StripeStub, payments: StripePayments
 ) -> None:
-    topups, ledger = TopUps(sessions, payments(stub)), Ledger(sessions)
+    topups, ledger = TopUps(sessions, payments), Ledger(sessions)
     acc = account()
     session = await paid(topups, stub, acc, 20)
     first = await deliver(topups, "checkout.session.completed", session, "evt_a")
@@ -112,9 +116,9 @@ async def test_a_paid_checkout_credits_once_however_often_it_is_delivered(
 
 
 async def test_forged_stale_and_foreign_deliveries_move_no_money(
-    sessions: async_sessionmaker[Any], stub: StripeStub
+    sessions: async_sessionmaker[Any], stub: StripeStub, payments: StripePayments
 ) -> None:
-    topups, ledger = TopUps(sessions, payments(stub)), Ledger(sessions)
+    topups, ledger = TopUps(sessions, payments), Ledger(sessions)
     acc = account()
     session = await paid(topups, stub, acc, 10)
     body = event("checkout.session.completed", session)
@@ -137,9 +141,9 @@ async def test_forged_stale_and_foreign_deliveries_move_no_money(
 
 
 async def test_refunds_and_disputes_are_negative_entries_recorded_once(
-    sessions: async_sessionmaker[Any], stub: StripeStub
+    sessions: async_sessionmaker[Any], stub: StripeStub, payments: StripePayments
 ) -> None:
-    topups, ledger = TopUps(sessions, payments(stub)), Ledger(sessions)
+    topups, ledger = TopUps(sessions, payments), Ledger(sessions)
     acc = account()
     session = await paid(topups, stub, acc, 50)
     await deliver(topups, "checkout.session.completed", session)

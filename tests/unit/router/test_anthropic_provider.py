@@ -17,6 +17,7 @@ from services.router.providers.client import make_session
 from tests.fakes import http
 from tests.fakes.upstream import TOOL_ARGUMENTS
 from tests.openai_schema import validate
+from tests.unit.router.payloads import payloads
 
 UPSTREAM = "claude-upstream-id"
 HELLO = {"model": "public-id", "messages": [{"role": "user", "content": "alpha beta gamma"}]}
@@ -45,7 +46,7 @@ async def provider(fake_upstream) -> AsyncIterator[AnthropicProvider]:
 
 async def stream(provider: AnthropicProvider, body: dict, *, include_usage: bool = False) -> tuple[list[dict], Usage]:
     usage = Usage()
-    chunks = [orjson.loads(c) async for c in provider.chat_stream(UPSTREAM, body, usage, include_usage=include_usage)]
+    chunks = [orjson.loads(c) async for c in payloads(provider, UPSTREAM, body, usage, include_usage=include_usage)]
     for chunk in chunks:
         validate("CreateChatCompletionStreamResponse", chunk)
     return chunks, usage
@@ -217,7 +218,7 @@ async def test_a_stream_cut_midway_raises_after_its_chunks(provider: AnthropicPr
     fake_upstream.set_behavior("ok", chunks=6, fail_after_chunks=2)
     got = []
     with pytest.raises(UpstreamError):
-        async for chunk in provider.chat_stream(UPSTREAM, HELLO, Usage(), include_usage=False):
+        async for chunk in payloads(provider, UPSTREAM, HELLO, Usage(), include_usage=False):
             got.append(chunk)
     assert len(got) == 3, "the role chunk and the two content chunks before the cut are relayed"
 
@@ -247,7 +248,7 @@ async def test_upstream_statuses_become_our_errors(
     assert getattr(info.value, "code", None) == code
     assert getattr(info.value, "retry_after", None) == (7 if status == 429 else None)
     before = len(fake_upstream.requests)
-    chunks = provider.chat_stream(UPSTREAM, HELLO, Usage(), include_usage=False)
+    chunks = payloads(provider, UPSTREAM, HELLO, Usage(), include_usage=False)
     assert len(fake_upstream.requests) == before  # nothing is sent until the first chunk is asked for
     with pytest.raises(error):
         await anext(chunks)
@@ -262,7 +263,7 @@ async def test_a_disconnect_or_a_dead_upstream_is_an_upstream_error(provider: An
     try:
         dead = AnthropicProvider(config("http://127.0.0.1:9"), session)
         with pytest.raises(UpstreamError):
-            await anext(dead.chat_stream(UPSTREAM, HELLO, Usage(), include_usage=False))
+            await anext(payloads(dead, UPSTREAM, HELLO, Usage(), include_usage=False))
     finally:
         await session.close()
 
@@ -342,7 +343,7 @@ START = {
 async def test_an_error_event_before_any_content_raises_on_the_first_chunk(scripted) -> None:
     provider = await scripted([{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}])
     with pytest.raises(UpstreamError, match="Overloaded") as info:
-        await anext(provider.chat_stream(UPSTREAM, HELLO, Usage(), include_usage=False))
+        await anext(payloads(provider, UPSTREAM, HELLO, Usage(), include_usage=False))
     assert info.value.code == "upstream_529"
 
 
@@ -352,7 +353,7 @@ async def test_an_error_event_mid_stream_raises_after_the_chunks(scripted) -> No
     provider = await scripted([START, {"type": "ping"}, text, error])
     got = []
     with pytest.raises(UpstreamError, match="boom"):
-        async for chunk in provider.chat_stream(UPSTREAM, HELLO, Usage(), include_usage=False):
+        async for chunk in payloads(provider, UPSTREAM, HELLO, Usage(), include_usage=False):
             got.append(orjson.loads(chunk))
     assert [c["choices"][0]["delta"].get("content") for c in got] == ["", "Hel"]
 
@@ -361,7 +362,7 @@ async def test_a_stream_without_message_stop_is_an_error(scripted) -> None:
     text = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}
     provider = await scripted([START, text, {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}])
     with pytest.raises(UpstreamError, match="early"):
-        [c async for c in provider.chat_stream(UPSTREAM, HELLO, Usage(), include_usage=False)]
+        [c async for c in payloads(provider, UPSTREAM, HELLO, Usage(), include_usage=False)]
 
 
 async def test_cache_tokens_count_as_prompt_and_unknown_blocks_are_skipped(scripted) -> None:
@@ -379,7 +380,7 @@ async def test_cache_tokens_count_as_prompt_and_unknown_blocks_are_skipped(scrip
     ]
     provider = await scripted(events)
     usage = Usage()
-    chunks = [orjson.loads(c) async for c in provider.chat_stream(UPSTREAM, HELLO, usage, include_usage=True)]
+    chunks = [orjson.loads(c) async for c in payloads(provider, UPSTREAM, HELLO, usage, include_usage=True)]
     for chunk in chunks:
         validate("CreateChatCompletionStreamResponse", chunk)
     assert [c["choices"][0]["delta"].get("content") for c in chunks[:-2]] == ["", "cut"]

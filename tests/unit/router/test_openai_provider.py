@@ -11,6 +11,7 @@ from faregate.errors import InvalidRequest, UpstreamError
 from services.router.catalog import Provider as ProviderConfig
 from services.router.providers.base import Usage
 from services.router.providers.openai import OpenAIProvider, make_session
+from tests.unit.router.payloads import payloads
 
 BODY = {"model": "public-id", "messages": [{"role": "user", "content": "alpha beta gamma"}]}
 
@@ -35,11 +36,11 @@ async def test_whole_completion_passes_bytes_and_reads_usage(provider: OpenAIPro
 
 async def test_stream_strips_usage_unless_asked(provider: OpenAIProvider) -> None:
     usage = Usage()
-    chunks = [orjson.loads(c) async for c in provider.chat_stream("u", BODY, usage, include_usage=False)]
+    chunks = [orjson.loads(c) async for c in payloads(provider, "u", BODY, usage, include_usage=False)]
     assert usage.reported and usage.completion_tokens > 0
     assert all(c["choices"] for c in chunks) and all("usage" not in c for c in chunks)
     usage2 = Usage()
-    chunks2 = [orjson.loads(c) async for c in provider.chat_stream("u", BODY, usage2, include_usage=True)]
+    chunks2 = [orjson.loads(c) async for c in payloads(provider, "u", BODY, usage2, include_usage=True)]
     assert chunks2[-1]["choices"] == [] and chunks2[-1]["usage"]["completion_tokens"] == usage2.completion_tokens
 
 
@@ -48,7 +49,7 @@ async def test_missing_usage_is_estimated(provider: OpenAIProvider, fake_upstrea
     completion = await provider.chat("u", BODY)
     assert not completion.usage.reported and completion.usage.completion_tokens > 0
     usage = Usage()
-    [c async for c in provider.chat_stream("u", BODY, usage, include_usage=False)]
+    [c async for c in payloads(provider, "u", BODY, usage, include_usage=False)]
     assert not usage.reported and usage.completion_tokens > 0
 
 
@@ -63,14 +64,14 @@ async def test_upstream_statuses_become_our_errors(provider: OpenAIProvider, fak
     if status == 429:
         assert info.value.retry_after == 7
     with pytest.raises(error):
-        await anext(provider.chat_stream("u", BODY, Usage(), include_usage=False))
+        await anext(payloads(provider, "u", BODY, Usage(), include_usage=False))
 
 
 async def test_a_stream_cut_midway_raises_after_the_chunks(provider: OpenAIProvider, fake_upstream) -> None:
     fake_upstream.set_behavior("ok", chunks=6, fail_after_chunks=2)
     got = []
     with pytest.raises(UpstreamError):
-        async for c in provider.chat_stream("u", BODY, Usage(), include_usage=False):
+        async for c in payloads(provider, "u", BODY, Usage(), include_usage=False):
             got.append(c)
     assert got, "chunks before the cut are relayed"
 
