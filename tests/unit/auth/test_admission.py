@@ -146,3 +146,18 @@ async def test_a_grant_is_sized_by_the_limits_and_refunded_when_unspent(auth: Au
     assert lone.grant is None  # one request at a time: no slots to spare, no grant
     guest = await auth.admit("", "10.0.0.9", grant=10)
     assert guest.grant is None  # guests never get one
+
+
+async def test_a_grant_returned_twice_is_refunded_once(auth: Authenticator) -> None:
+    """An edge resends a return it could not confirm (ADR 14): auth refunds each grant once."""
+    account = await auth.create_account("acme", "basic")  # 60 rpm
+    row, secret = await auth.create_key(account.id, "", "live", None)
+    admitted = await auth.admit(secret, grant=100, grant_slots=100)
+    grant = admitted.grant
+    assert grant is not None and grant.id.startswith("gr_")
+    for _ in range(3):
+        await auth.refund(row.id, grant.admissions, grant.window, grant.id)
+    again = await auth.admit(secret)
+    assert again.window is not None and again.window.remaining == 60 - 2  # not 60 - 2 + 2 × 7
+    other = await auth.admit(secret, grant=100, grant_slots=100)
+    assert other.grant is not None and other.grant.id != grant.id
