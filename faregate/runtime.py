@@ -85,6 +85,7 @@ class Supervisor:
         self._reported: bool | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._started = False
+        self._stopping = False  # the process is shutting down: components going down is expected
 
     def add(
         self,
@@ -115,9 +116,14 @@ class Supervisor:
         self._watcher = asyncio.create_task(self._watch(), name=f"{self.service}:readiness")
         self.refresh()
 
+    def stopping(self) -> None:
+        """The process has begun to stop: what goes down from now on is not a failure."""
+        self._stopping = True
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Cancel the components in reverse order of ``add``, each waited for in turn (a
         later one may use an earlier one: the health reporter the server it reports on)."""
+        self._stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
         deadline = asyncio.get_running_loop().time() + timeout
@@ -155,12 +161,12 @@ class Supervisor:
         serving = self.serving
         if serving == self._reported:
             return
-        self._reported = serving
+        was, self._reported = self._reported, serving
         if serving:
             log.info("%s: every required component is running", self.service)
-        else:
+        elif was and not self._stopping:  # not while starting (failures log themselves) or stopping
             down = [h.name for h in self.health() if h.required and h.state is not State.RUNNING]
-            log.warning("%s: not serving; down: %s", self.service, ", ".join(down) or "stopped")
+            log.warning("%s: not serving; down: %s", self.service, ", ".join(down))
         for listener in self._listeners:
             try:
                 listener(serving)
@@ -230,6 +236,7 @@ async def stop_in_order(
     work in flight (the gRPC server's grace), flush (publishers), stop the components, close
     the connections. A step that fails is logged and the next ones still run, so a broken
     connection never keeps the others open."""
+    supervisor.stopping()
     steps: list[Step] = [*stop_admitting]
     if server is not None:
         steps.append(lambda: server.stop(grace))

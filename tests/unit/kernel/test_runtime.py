@@ -222,3 +222,26 @@ async def test_the_stop_order_runs_every_step_even_when_one_fails() -> None:
         "nc.drain",
         "engine.dispose",
     ]
+
+
+async def test_not_serving_is_a_warning_only_when_it_follows_serving_and_the_process_is_not_stopping(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Starting (nothing served yet) and stopping (going down on purpose) are not outages."""
+    healthy = True
+    sup = Supervisor("svc", sleep=Sleeps())
+
+    async def steady() -> None:
+        await asyncio.Event().wait()
+
+    sup.add("consumer", steady, ready=lambda: healthy)
+    with caplog.at_level(logging.INFO, logger="faregate.runtime"):
+        sup.start()
+        await settle(lambda: sup.serving)
+        healthy = False
+        sup.refresh()
+        healthy = True
+        sup.refresh()
+        await sup.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["svc: not serving; down: consumer"]  # the outage only
