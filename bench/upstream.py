@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -187,7 +188,8 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.0)
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.chunks, args.interval))
+    with contextlib.suppress(KeyboardInterrupt):  # the bench stops it with SIGINT
+        uvloop.run(serve(args.port, args.chunks, args.interval))
 
 
 if __name__ == "__main__":
