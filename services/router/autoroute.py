@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from faregate.errors import ProvidersUnavailable
-from faregate.pb.router.v1 import router_pb2 as pb
 from services.router.breakers import Breakers, BreakerState
+from services.router.calls import Caller
 from services.router.catalog import Catalog, Model, Route
 
 AUTO_MODEL = "auto"
@@ -81,24 +81,12 @@ class Choice:
     provider: str
     reason: str
 
-    def message(self) -> pb.AutoChoice:
-        return pb.AutoChoice(id=self.model.id, name=self.model.name, provider=self.provider, reason=self.reason)
-
 
 @dataclass(frozen=True)
 class Choices:
     task: str
     category: str
-    ranked: list[Choice]  # primary first
-
-    def message(self) -> pb.AutoRouteResponse:
-        primary, *alternatives = self.ranked
-        return pb.AutoRouteResponse(
-            task=self.task,
-            category=self.category,
-            primary=primary.message(),
-            alternatives=[c.message() for c in alternatives],
-        )
+    ranked: list[Choice]  # primary first, never empty
 
 
 class AutoRouter:
@@ -114,7 +102,7 @@ class AutoRouter:
         self._usable = usable or (lambda r: catalog.providers[r.provider].configured)
         self._clock = clock
 
-    def _eligible(self, model: Model, caller: pb.Caller | None) -> bool:
+    def _eligible(self, model: Model, caller: Caller | None) -> bool:
         if caller is not None and (caller.test_mode or caller.guest):
             return (model.test or not caller.test_mode) and (model.guest or not caller.guest)
         return not model.test
@@ -129,7 +117,7 @@ class AutoRouter:
             return route.provider
         return None
 
-    async def choose(self, task: str, caller: pb.Caller | None = None) -> Choices:
+    async def choose(self, task: str, caller: Caller | None = None) -> Choices:
         category = task_category(task)
         health = await self._breakers.snapshot(self._catalog.providers)
         now = self._clock()

@@ -34,11 +34,11 @@ from faregate.errors import (
 )
 from faregate.money import token_cost
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
-from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.tokens import estimate_messages
 from faregate.values import RoutingMode
 from services.router.autoroute import AUTO_MODEL, AutoRouter
 from services.router.breakers import Breakers, LocalBreakers
+from services.router.calls import Caller, Chunk, CompletionCall, Start
 from services.router.catalog import Catalog, Model, Route
 from services.router.providers.base import Completion, Provider, Usage
 
@@ -118,7 +118,7 @@ class ChatRouter:
         provider = self._catalog.providers[route.provider]
         return provider.configured and route.provider in self._providers
 
-    def _check_caller(self, model: Model, caller: pb.Caller) -> None:
+    def _check_caller(self, model: Model, caller: Caller) -> None:
         if caller.guest and not model.guest:
             raise ContentPolicy(
                 f"the keyless guest sandbox can only call guest models; {model.id!r} needs an API key",
@@ -132,9 +132,9 @@ class ChatRouter:
                 param="model",
             )
 
-    def chain(self, model: Model, caller: pb.Caller) -> list[Route]:
+    def chain(self, model: Model, caller: Caller) -> list[Route]:
         """The model's routes in the order the caller's routing mode asks for."""
-        mode = RoutingMode.from_pb(caller.routing_mode)
+        mode = caller.routing_mode
         preferred = caller.preferred_provider
         usable = [r for r in model.routes if self._usable(r)]
         if mode is RoutingMode.FAILOVER:
@@ -150,7 +150,7 @@ class ChatRouter:
             usable.sort(key=lambda r: r.provider != preferred)  # stable: the rest keep the chain's order
         return usable
 
-    async def plan(self, body: dict[str, Any], caller: pb.Caller, *, endpoint: str = "chat") -> list[Attempt]:
+    async def plan(self, body: dict[str, Any], caller: Caller, *, endpoint: str = "chat") -> list[Attempt]:
         """Every (model, route) to try, in order; the Faregate-only fields leave the body."""
         task = body.pop("task", None) or ""
         fallbacks = body.pop("models", None) or []
@@ -243,10 +243,10 @@ class ChatRouter:
 
     # -- chat completions -------------------------------------------------------------------
 
-    async def chat(self, request: pb.CompletionRequest) -> AsyncGenerator[pb.CompletionChunk, None]:
+    async def chat(self, call: CompletionCall) -> AsyncGenerator[Chunk, None]:
         started = self._clock()
-        body = parse_body(request.body)
-        caller = request.caller
+        body = parse_body(call.body)
+        caller = call.caller
         attempts = await self.plan(body, caller)
         if caller.max_tokens_cap:
             body["max_tokens"] = min(int(body.get("max_tokens") or caller.max_tokens_cap), caller.max_tokens_cap)
@@ -261,8 +261,8 @@ class ChatRouter:
 
             attempt, completion = await self._first_answer(attempts, complete)
             # The upstream has answered (and charged): meter it even if the client is gone.
-            self._finish(_record(request, attempt, False, started), completion.usage, body, started, None)
-            yield pb.CompletionChunk(start=_start(attempt, False), data=completion.body)
+            self._finish(_record(call, attempt, False, started), completion.usage, body, started, None)
+            yield Chunk([completion.body], _start(attempt, False))
             return
 
         async def open_stream(
@@ -272,42 +272,42 @@ class ChatRouter:
 
         attempt, (chunks, first, usage) = await self._first_answer(attempts, open_stream)
         first_at = self._clock()
-        record = _record(request, attempt, True, started)
+        record = _record(call, attempt, True, started)
         status = UsageRecord.STATUS_CLIENT_CANCELLED
         try:
-            yield pb.CompletionChunk(start=_start(attempt, True), data=first[0], more=first[1:])
+            yield Chunk(first, _start(attempt, True))
             async for batch in chunks:  # what arrived together travels as one message (ADR 8)
-                yield pb.CompletionChunk(data=batch[0], more=batch[1:])
+                yield Chunk(batch)
             status = UsageRecord.STATUS_OK
         except UpstreamError as exc:
             await self.breakers.failure(attempt.route.provider, exc.retry_after)
             status = UsageRecord.STATUS_UPSTREAM_ERROR
-            yield pb.CompletionChunk(error=pb.StreamError(type=exc.type, message=exc.message, code=exc.code or ""))
+            yield Chunk([], error=exc)
         finally:
             await chunks.aclose()
             self._finish(record, usage, body, started, first_at, status)
 
     # -- embeddings -------------------------------------------------------------------------
 
-    async def embeddings(self, request: pb.CompletionRequest) -> pb.CompletionChunk:
+    async def embeddings(self, call: CompletionCall) -> Chunk:
         """Embeddings through the same catalog, caller checks, failover and metering; billed
         on input tokens only."""
         started = self._clock()
-        body = _parse_common(request.body)
+        body = _parse_common(call.body)
         items = body.get("input")
         if not (isinstance(items, str) and items) and not (isinstance(items, list) and items):
             raise InvalidRequest("'input' must be a non-empty string or array", param="input")
-        attempts = await self.plan(body, request.caller, endpoint="embeddings")
+        attempts = await self.plan(body, call.caller, endpoint="embeddings")
 
         async def embed(provider: Provider, attempt: Attempt) -> Completion:
             return await provider.embeddings(attempt.route.model, body)
 
         attempt, answer = await self._first_answer(attempts, embed)
-        record = _record(request, attempt, False, started)
+        record = _record(call, attempt, False, started)
         record.endpoint = "embeddings"
         answer.usage.completion_tokens = 0
         self._finish(record, answer.usage, body, started, None)
-        return pb.CompletionChunk(start=_start(attempt, False), data=answer.body)
+        return Chunk([answer.body], _start(attempt, False))
 
     def _finish(
         self,
@@ -347,14 +347,14 @@ def _task_from_body(body: dict[str, Any]) -> str:
     return ""
 
 
-def _start(attempt: Attempt, stream: bool) -> pb.Start:
-    return pb.Start(model=attempt.model.id, provider=attempt.route.provider, stream=stream)
+def _start(attempt: Attempt, stream: bool) -> Start:
+    return Start(attempt.model.id, attempt.route.provider, stream)
 
 
-def _record(request: pb.CompletionRequest, attempt: Attempt, stream: bool, started: float) -> UsageRecord:
-    c, model = request.caller, attempt.model
+def _record(call: CompletionCall, attempt: Attempt, stream: bool, started: float) -> UsageRecord:
+    c, model = call.caller, attempt.model
     return UsageRecord(
-        request_id=request.request_id,
+        request_id=call.request_id,
         account_id=c.account_id,
         key_id=c.key_id,
         model=model.id,

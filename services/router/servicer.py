@@ -13,7 +13,9 @@ from faregate.errors import InvalidRequest, NotFound, UpstreamError
 from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.pb.router.v1 import router_pb2_grpc
 from faregate.pb.rpc.v1 import calls_pb2
-from services.router.autoroute import CATEGORIES
+from faregate.values import RoutingMode
+from services.router.autoroute import CATEGORIES, Choice, Choices
+from services.router.calls import Caller, Chunk, CompletionCall
 from services.router.catalog import Catalog, Model
 from services.router.pricing import PriceBook
 from services.router.routing import ChatRouter
@@ -37,6 +39,52 @@ def model_message(m: Model) -> pb.Model:
     )
 
 
+def call_from_pb(request: pb.CompletionRequest) -> CompletionCall:
+    c = request.caller
+    caller = Caller(
+        account_id=c.account_id,
+        key_id=c.key_id,
+        billable=c.billable,
+        test_mode=c.test_mode,
+        max_tokens_cap=c.max_tokens_cap,
+        guest=c.guest,
+        routing_mode=RoutingMode.from_pb(c.routing_mode),
+        preferred_provider=c.preferred_provider,
+    )
+    return CompletionCall(request_id=request.request_id, caller=caller, body=request.body)
+
+
+def chunk_pb(chunk: Chunk) -> pb.CompletionChunk:
+    """A chunk's wire message. One is made for every relayed batch: nothing else is, and the
+    payloads go to protobuf as they are (it copies them itself)."""
+    payloads, start, error = chunk
+    if error is not None:  # the edge rebuilds the UpstreamError from it
+        return pb.CompletionChunk(error=pb.StreamError(type=error.type, message=error.message, code=error.code or ""))
+    if start is not None:
+        return pb.CompletionChunk(
+            start=pb.Start(model=start.model, provider=start.provider, stream=start.stream),
+            data=payloads[0],
+            more=payloads[1:],
+        )
+    if len(payloads) > 1:
+        return pb.CompletionChunk(data=payloads[0], more=payloads[1:])
+    return pb.CompletionChunk(data=payloads[0])  # an empty `more` would cost as much as the rest (same bytes)
+
+
+def _choice_pb(c: Choice) -> pb.AutoChoice:
+    return pb.AutoChoice(id=c.model.id, name=c.model.name, provider=c.provider, reason=c.reason)
+
+
+def choices_pb(choices: Choices) -> pb.AutoRouteResponse:
+    primary, *alternatives = choices.ranked
+    return pb.AutoRouteResponse(
+        task=choices.task,
+        category=choices.category,
+        primary=_choice_pb(primary),
+        alternatives=[_choice_pb(c) for c in alternatives],
+    )
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, router: ChatRouter, catalog: Catalog, prices: PriceBook) -> None:
         self._router = router
@@ -44,21 +92,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._prices = prices
         self.calls = CallServer()
         self._complete_stream = self.calls.handler(self.Complete, pb.CompletionRequest)
-        self._chat_stream = self.calls.streaming_handler(lambda request, _: router.chat(request), pb.CompletionRequest)
+        self._chat_stream = self.calls.streaming_handler(self.ChatCompletion, pb.CompletionRequest)
 
     async def ChatCompletion(
         self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[pb.CompletionChunk, None]:
-        async for chunk in self._router.chat(request):
-            yield chunk
+        # Closed with this call, so a client gone mid-stream is metered when it goes.
+        async with contextlib.aclosing(self._router.chat(call_from_pb(request))) as chunks:
+            async for chunk in chunks:
+                yield chunk_pb(chunk)
 
     async def Complete(self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext) -> pb.CompletionChunk:
         """A completion not asked to stream: the one message ChatCompletion would send."""
-        async with contextlib.aclosing(self._router.chat(request)) as chunks:
+        async with contextlib.aclosing(self._router.chat(call_from_pb(request))) as chunks:
             async for chunk in chunks:
-                if chunk.start.stream:  # the edge sends only bodies without "stream": true here
+                if chunk.start is not None and chunk.start.stream:  # the edge sends no "stream": true here
                     raise InvalidRequest("a streamed completion cannot be answered in one message", param="stream")
-                return chunk
+                return chunk_pb(chunk)
         raise UpstreamError("the router ended the call without an answer")
 
     async def CompleteStream(
@@ -76,7 +126,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             yield result
 
     async def Embeddings(self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext) -> pb.CompletionChunk:
-        return await self._router.embeddings(request)
+        return chunk_pb(await self._router.embeddings(call_from_pb(request)))
 
     async def ProviderHealth(
         self, request: pb.ProviderHealthRequest, context: grpc.aio.ServicerContext
@@ -92,7 +142,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return await self._health()
 
     async def AutoRoute(self, request: pb.AutoRouteRequest, context: grpc.aio.ServicerContext) -> pb.AutoRouteResponse:
-        return (await self._router.auto.choose(request.task)).message()
+        return choices_pb(await self._router.auto.choose(request.task))
 
     async def UpdatePricing(self, request: pb.UpdatePricingRequest, context: grpc.aio.ServicerContext) -> pb.Model:
         p = request.pricing

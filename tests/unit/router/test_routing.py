@@ -7,19 +7,19 @@ import pytest
 
 from faregate.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
-from faregate.pb.router.v1 import router_pb2 as pb
 from faregate.values import RoutingMode
+from services.router.calls import Caller, Chunk, CompletionCall
 from services.router.catalog import load_catalog
 from services.router.providers.echo import EchoProvider
 from services.router.routing import ChatRouter, parse_body
 from tests.openai_schema import validate
 
 
-def request(body: dict, *, test_mode: bool = False, cap: int = 0) -> pb.CompletionRequest:
-    return pb.CompletionRequest(
+def request(body: dict, *, test_mode: bool = False, cap: int = 0) -> CompletionCall:
+    return CompletionCall(
         request_id="req_1",
         body=orjson.dumps(body),
-        caller=pb.Caller(account_id="acc_1", key_id="key_1", billable=True, test_mode=test_mode, max_tokens_cap=cap),
+        caller=Caller(account_id="acc_1", key_id="key_1", billable=True, test_mode=test_mode, max_tokens_cap=cap),
     )
 
 
@@ -34,7 +34,7 @@ def router(sink: list[UsageRecord]) -> ChatRouter:
     return ChatRouter(catalog, {"faregate": EchoProvider("faregate/echo")}, sink.append)
 
 
-async def collect(router: ChatRouter, req: pb.CompletionRequest) -> list[pb.CompletionChunk]:
+async def collect(router: ChatRouter, req: CompletionCall) -> list[Chunk]:
     return [c async for c in router.chat(req)]
 
 
@@ -43,8 +43,9 @@ async def test_echo_completion_is_valid_and_metered(router: ChatRouter, sink: li
         router, request({"model": "faregate/echo", "messages": [{"role": "user", "content": "a b"}]})
     )
     [only] = chunks  # a JSON answer is one message: start + the whole body
-    assert only.start.model == "faregate/echo" and not only.start.stream
-    doc = orjson.loads(only.data)
+    assert only.start is not None and only.start.model == "faregate/echo" and not only.start.stream
+    [data] = only.payloads
+    doc = orjson.loads(data)
     validate("CreateChatCompletionResponse", doc)
     assert doc["choices"][0]["message"]["content"] == "a b"
     [record] = sink
@@ -62,8 +63,8 @@ async def test_echo_stream_chunks_validate(router: ChatRouter, sink: list[UsageR
         "max_tokens": 2,
     }
     chunks = await collect(router, request(body))
-    assert chunks[0].start.stream and not chunks[1].HasField("start")
-    docs = [orjson.loads(d) for c in chunks for d in (c.data, *c.more)]  # a message may carry several
+    assert chunks[0].start is not None and chunks[0].start.stream and chunks[1].start is None
+    docs = [orjson.loads(d) for c in chunks for d in c.payloads]  # a chunk may carry several
     for d in docs:
         validate("CreateChatCompletionStreamResponse", d)
     assert "".join(d["choices"][0]["delta"].get("content", "") for d in docs if d["choices"]) == "one two"
@@ -74,7 +75,7 @@ async def test_echo_stream_chunks_validate(router: ChatRouter, sink: list[UsageR
 async def test_caps_and_test_mode(router: ChatRouter, sink: list[UsageRecord]) -> None:
     body = {"model": "faregate/echo", "messages": [{"role": "user", "content": "w " * 50}]}
     chunks = await collect(router, request(body, cap=3))
-    assert orjson.loads(chunks[0].data)["usage"]["completion_tokens"] == 3
+    assert orjson.loads(chunks[0].payloads[0])["usage"]["completion_tokens"] == 3
     with pytest.raises(Forbidden):
         await collect(
             router, request({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}, test_mode=True)
@@ -140,12 +141,13 @@ def multi(tmp_path) -> ChatRouter:
     return ChatRouter(catalog, providers, [].append, breakers=LocalBreakers(threshold=1, open_seconds=600))
 
 
-def _caller(mode: str = "", provider: str = "") -> pb.Caller:
-    routing_mode = RoutingMode(mode).to_pb() if mode else 0
-    return pb.Caller(account_id="a", key_id="k", billable=True, routing_mode=routing_mode, preferred_provider=provider)
+def _caller(mode: str = "auto", provider: str = "") -> Caller:
+    return Caller(
+        account_id="a", key_id="k", billable=True, routing_mode=RoutingMode(mode), preferred_provider=provider
+    )
 
 
-async def _plan(router: ChatRouter, body: dict, caller: pb.Caller | None = None) -> list[tuple[str, str]]:
+async def _plan(router: ChatRouter, body: dict, caller: Caller | None = None) -> list[tuple[str, str]]:
     attempts = await router.plan({"messages": [{"role": "user", "content": "x"}], **body}, caller or _caller())
     return [(a.model.id, a.route.provider) for a in attempts]
 
