@@ -153,26 +153,6 @@ class FakeRouter:
         return [PRICED]
 
 
-class Sleeps:
-    """An injected sleep: records each delay and yields once instead of waiting."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(0)
-
-
-async def settled(condition: object, rounds: int = 1000) -> None:
-    """Let the event loop run until ``condition()`` holds (bounded; no wall clock)."""
-    for _ in range(rounds):
-        if condition():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the condition never held")
-
-
 async def gateway(
     auth: FakeAuth | None = None,
     billing: FakeBilling | None = None,

@@ -21,7 +21,8 @@ from faregate.errors import (
 )
 from services.edge.callers import AdmissionGrant, Admitted, Credentials, FundsGrant, GrantReturn, SlotRelease
 from services.edge.gateway import Endpoint, Gateway, Opened, key_digest
-from tests.unit.edge.fakes import CALLER, LIVE_KEY, FakeRouter, FakeStream, Sleeps, down, gateway, settled
+from tests.unit.edge.fakes import CALLER, LIVE_KEY, FakeRouter, FakeStream, down, gateway
+from tests.waiting import Sleeps, settled
 
 LIVE = Credentials(LIVE_KEY, "10.0.0.1")
 TEST = Credentials("gw_test_" + "t" * 32)

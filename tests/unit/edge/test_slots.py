@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 from services.edge.callers import GrantReturn, SlotRelease
 from services.edge.slots import SlotReleases
-from tests.unit.edge.fakes import FakeAuth, Sleeps, settled
+from tests.unit.edge.fakes import FakeAuth
+from tests.waiting import Sleeps, settled
 
 
 def slot(n: int) -> SlotRelease:

@@ -8,25 +8,8 @@ import logging
 import pytest
 
 from faregate.runtime import State, Supervisor, stop_in_order
-
-
-class Sleeps:
-    """An injected sleep: records each backoff and returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(0)
-
-
-async def settle(until: object, rounds: int = 1000) -> None:
-    for _ in range(rounds):
-        if until():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
+from tests.waiting import Sleeps
+from tests.waiting import settled as settle
 
 
 async def test_a_failing_component_is_restarted_with_exponential_backoff_and_logged_once(
