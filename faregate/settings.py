@@ -106,6 +106,8 @@ class EdgeSettings(Settings):
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed, comma-separated
     admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # browser origins allowed to call /v1/mcp besides the edge's own ("*": any), comma-separated
+    mcp_allowed_origins: str = ""
 
     def admin_secret(self) -> str:
         return self.secret("admin_token", self.admin_token).get_secret_value()

@@ -19,8 +19,10 @@ from faregate.settings import EdgeSettings
 from services.edge import errors
 from services.edge.changes import follow_changes
 from services.edge.clients import AuthClient, BillingClient, Clients, RouterClient
-from services.edge.context import EdgeContext, parse_networks
+from services.edge.context import EdgeContext, new_request_id, parse_networks
 from services.edge.gateway import Gateway
+from services.edge.mcp import PATH as MCP_PATH
+from services.edge.mcp import McpEndpoint
 from services.edge.routes import admin, billing, chat, health, keys, models, providers, webhooks
 
 log = logging.getLogger(__name__)
@@ -45,16 +47,18 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 required=False,
             )
         supervisor.start()
+        trusted = parse_networks(settings.trusted_proxies)
+        ctx = EdgeContext(settings, clients, settings.admin_secret(), gateway, supervisor, trusted)
+        ctx.mcp = mcp = McpEndpoint(
+            gateway,
+            clients,
+            new_request_id,
+            allowed_origins=[o.strip() for o in settings.mcp_allowed_origins.split(",") if o.strip()],
+            client_ip=ctx.client_ip,
+        )
         try:
-            ctx = EdgeContext(
-                settings,
-                clients,
-                settings.admin_secret(),
-                gateway,
-                supervisor,
-                parse_networks(settings.trusted_proxies),
-            )
-            yield {"edge": ctx}
+            async with mcp.running():
+                yield {"edge": ctx}
         finally:
             # in order: stop the background work, give back what the edge holds, close
             await supervisor.stop()
@@ -83,6 +87,10 @@ class HotPath:
         self._routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(MCP_PATH) and path[len(MCP_PATH) : len(MCP_PATH) + 1] in "/":
+            await scope["state"]["edge"].mcp(scope, receive, send)  # any method, with or without a slash
+            return
         endpoint = self._routes.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None or scope["method"] != "POST":
             await self._app(scope, receive, send)

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.types import ASGIApp
 
 from faregate.runtime import Supervisor
 from faregate.settings import EdgeSettings
@@ -26,6 +27,7 @@ class EdgeContext:
     gateway: Gateway
     supervisor: Supervisor
     trusted_proxies: tuple[Network, ...] = ()
+    mcp: ASGIApp | None = None  # /v1/mcp… (services/edge/mcp.py)
 
     def credentials(self, request: Request) -> Credentials:
         return Credentials(bearer(request), self.client_ip(request))
