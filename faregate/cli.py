@@ -113,6 +113,19 @@ def ledger_verify() -> None:
         raise typer.Exit(1)
 
 
+@app.command("mcp-bridge")
+def mcp_bridge(
+    url: str = typer.Argument(..., help="the MCP endpoint, e.g. https://HOST/v1/mcp"),
+    key: str = typer.Option("", "--key", envvar="FAREGATE_API_KEY", help="the API key (none: the guest sandbox)"),
+) -> None:
+    """Bridge a stdio-only MCP client to a Faregate MCP endpoint (mcp_stdio_bridge.py)."""
+    import anyio
+
+    import mcp_stdio_bridge
+
+    anyio.run(mcp_stdio_bridge.bridge, url, key or None)
+
+
 @app.command()
 def up() -> None:
     """Start everything (a private NATS if FAREGATE_NATS_URL is unset); Ctrl-C stops all."""

@@ -4,7 +4,10 @@ tools through the same gateway core as REST (metered alike), errors as tool resu
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,8 +15,10 @@ import httpx2
 import pytest
 from mcp import ClientSession
 from mcp.client.sse import sse_client
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from faregate import processes
 from faregate.money import token_cost
 from tests.harness import Stack, ledger, wait_for
 
@@ -150,3 +155,54 @@ async def test_the_guest_sandbox_chats_with_test_models_only(stack: Stack) -> No
     assert echo["content"] == "say hello over MCP"
     assert error_type(priced) == "content_policy"
     assert error_type(balance) == "invalid_auth"
+
+
+async def test_two_edge_replicas_answer_one_clients_requests_alternately(
+    stack: Stack, account: tuple[str, str]
+) -> None:
+    """Stateless: no session to find, so requests may land on any replica."""
+    port = processes.free_port()
+    second = stack.launcher.service("edge", {"FAREGATE_HTTP_ADDR": f"127.0.0.1:{port}"})
+    try:
+        processes.wait_http_ok(f"http://127.0.0.1:{port}/health", second)
+        urls = [f"{stack.url}/v1/mcp", f"http://127.0.0.1:{port}/v1/mcp"]
+        headers = {"Authorization": f"Bearer {account[1]}", "Accept": "application/json, text/event-stream"}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+            init = {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+            assert (await http.post(urls[1], json=init)).status_code == 200
+            answers = []
+            for n in range(4):  # alternately on each replica, no session id carried
+                call = {
+                    "jsonrpc": "2.0",
+                    "id": n + 1,
+                    "method": "tools/call",
+                    "params": {"name": "get_balance", "arguments": {}},
+                }
+                reply = await http.post(urls[n % 2], json=call, headers={"MCP-Protocol-Version": "2025-06-18"})
+                assert reply.status_code == 200, reply.text
+                answers.append(reply.json()["result"]["structuredContent"]["plan"])
+        assert answers == ["pro"] * 4
+    finally:
+        second.stop()
+
+
+async def test_the_stdio_bridge_relays_a_stdio_client(stack: Stack, account: tuple[str, str]) -> None:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=[str(Path(__file__).parents[2] / "mcp_stdio_bridge.py"), f"{stack.url}/v1/mcp"],
+        env={**os.environ, "FAREGATE_API_KEY": account[1]},
+    )
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        answer = structured(await session.call_tool("chat_completion", {"model": "fake-model", "messages": MESSAGES}))
+        balance = structured(await session.call_tool("get_balance", {}))
+    assert answer["content"].startswith("fake reply to") and balance["plan"] == "pro"
