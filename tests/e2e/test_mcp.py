@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -206,3 +207,16 @@ async def test_the_stdio_bridge_relays_a_stdio_client(stack: Stack, account: tup
         answer = structured(await session.call_tool("chat_completion", {"model": "fake-model", "messages": MESSAGES}))
         balance = structured(await session.call_tool("get_balance", {}))
     assert answer["content"].startswith("fake reply to") and balance["plan"] == "pro"
+
+
+async def test_a_rate_limited_call_says_how_long_to_wait(stack: Stack) -> None:
+    account_id = stack.create_account(plan="pro", credit_usd=1)
+    key = stack.create_key(account_id)
+    key_id = stack.admin("GET", f"/admin/accounts/{account_id}").json()["keys"][0]["id"]
+    stack.admin("PATCH", f"/admin/keys/{key_id}", {"rpm": 1})
+    async with streamable(stack, key) as session:
+        first = await session.call_tool("chat_completion", {"model": "fake-model", "messages": MESSAGES})
+        second = await session.call_tool("chat_completion", {"model": "fake-model", "messages": MESSAGES})
+    assert not first.is_error
+    assert error_type(second) == "rate_limited"
+    assert re.search(r"retry after \d+ s", second.content[0].text)
