@@ -2,7 +2,10 @@
 
 Prints one JSON object: requests, errors, seconds, and latency percentiles in ms.
 
-    python -m bench.load URL KEY CONCURRENCY SECONDS [--stream]
+    python -m bench.load URL KEY CONCURRENCY SECONDS [--stream | --mcp]
+
+With ``--mcp`` each request is an MCP ``tools/call`` of ``chat_completion`` (JSON-RPC over
+Streamable HTTP, stateless) to URL (``…/v1/mcp``); a tool result with ``isError`` is an error.
 """
 
 from __future__ import annotations
@@ -23,11 +26,21 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, round(p * (len(sorted_values) - 1)))]
 
 
-async def run(url: str, key: str, concurrency: int, seconds: float, stream: bool, model: str) -> dict:
-    body = orjson.dumps(
-        {"model": model, "stream": stream, "messages": [{"role": "user", "content": "Say hello to the benchmark."}]}
-    )
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+def mcp_call(model: str, messages: list[dict[str, str]]) -> bytes:
+    arguments = {"model": model, "messages": messages}
+    call = {"name": "chat_completion", "arguments": arguments}
+    return orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call})
+
+
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+
+
+async def run(
+    url: str, key: str, concurrency: int, seconds: float, stream: bool, model: str, mcp: bool = False
+) -> dict:
+    messages = [{"role": "user", "content": "Say hello to the benchmark."}]
+    body = mcp_call(model, messages) if mcp else orjson.dumps({"model": model, "stream": stream, "messages": messages})
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **(MCP_HEADERS if mcp else {})}
     latencies: list[float] = []
     ttfb: list[float] = []
     errors = 0
@@ -43,7 +56,7 @@ async def run(url: str, key: str, concurrency: int, seconds: float, stream: bool
                         first = await resp.content.readany()
                         t1 = time.perf_counter()
                         rest = await resp.read()
-                        if resp.status != 200 or not (first + rest):
+                        if resp.status != 200 or not (first + rest) or (mcp and b'"isError":true' in first + rest):
                             errors += 1
                             continue
                 except aiohttp.ClientError:
@@ -76,9 +89,10 @@ def main() -> None:
     parser.add_argument("concurrency", type=int)
     parser.add_argument("seconds", type=float)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--mcp", action="store_true", help="MCP tools/call chat_completion to URL (…/v1/mcp)")
     parser.add_argument("--model", default="bench-model")
     args = parser.parse_args()
-    result = uvloop.run(run(args.url, args.key, args.concurrency, args.seconds, args.stream, args.model))
+    result = uvloop.run(run(args.url, args.key, args.concurrency, args.seconds, args.stream, args.model, args.mcp))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 
 

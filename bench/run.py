@@ -57,18 +57,18 @@ CELLS_SPEC = os.environ.get("BENCH_CELLS", "").strip()
 BASELINE_REV = os.environ.get("BENCH_BASELINE", "").strip()
 NO_SLOWER = 1.05  # issue 16 item 7: CPU per metered request within 5% of the baseline's
 NO_SLOWER_AT = ("16", "64")
-CELL_KINDS = ("json", "stream", "slow")
+CELL_KINDS = ("json", "stream", "mcp", "slow")
 
 
 def chosen_cells(spec: str) -> dict[str, list[int]]:
     """BENCH_CELLS ("json:16,json:64,stream:16,slow:1000") as {kind: levels}; unset, every cell."""
     if not spec:
-        return {"json": CONCURRENCY, "stream": [1, 16], "slow": []}  # slow: SLOW per kind
+        return {"json": CONCURRENCY, "stream": [1, 16], "mcp": [16], "slow": []}  # slow: SLOW per kind
     cells: dict[str, list[int]] = {kind: [] for kind in CELL_KINDS}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         kind, _, level = item.partition(":")
         if kind not in cells or not level.isdigit() or int(level) < 1:
-            raise SystemExit(f"BENCH_CELLS: {item!r} is not one of json:N, stream:N, slow:N")
+            raise SystemExit(f"BENCH_CELLS: {item!r} is not one of json:N, stream:N, mcp:N, slow:N")
         if int(level) not in cells[kind]:
             cells[kind].append(int(level))
     return cells
@@ -175,10 +175,11 @@ def post(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
 
 
 def load(
-    url: str, key: str, concurrency: int, seconds: float, *, stream: bool = False, model: str = ""
+    url: str, key: str, concurrency: int, seconds: float, *, stream: bool = False, model: str = "", mcp: bool = False
 ) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench.load", url, key, str(concurrency), str(seconds)]
     argv += ["--stream"] if stream else []
+    argv += ["--mcp"] if mcp else []
     argv += ["--model", model] if model else []
     out = subprocess.run(argv, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(out.stdout)
@@ -277,7 +278,9 @@ models:
                         os.kill(pid, signal.SIGKILL)
 
 
-def measure(targets: dict[str, dict[str, Any]], concurrency: int, stream: bool = False) -> dict[str, dict]:
+def measure(
+    targets: dict[str, dict[str, Any]], concurrency: int, stream: bool = False, mcp: bool = False
+) -> dict[str, dict]:
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
     for r in range(ROUNDS):
         for name in round_order(list(targets), r):
@@ -286,7 +289,7 @@ def measure(targets: dict[str, dict[str, Any]], concurrency: int, stream: bool =
             before = cpu_seconds(pids)
             model = "bench-stream" if stream else "bench-model"
             with PeakRss(t["pids"]) as rss:
-                result = load(t["url"], t["key"], concurrency, SECONDS, stream=stream, model=model)
+                result = load(t["url"], t["key"], concurrency, SECONDS, stream=stream, model=model, mcp=mcp)
             result["cpu_ms_per_request"] = (cpu_seconds(pids) - before) * 1000 / max(result["requests"], 1)
             result["peak_rss_mb"] = rss.peak
             rows[name].append(result)
@@ -330,7 +333,16 @@ def build_baseline() -> Baseline | None:
 
 def served(results: dict[str, Any], name: str) -> int:
     """Requests a target answered in the JSON and stream cells (the ones the ledger must hold)."""
-    return sum(cell[name]["requests"] for kind in ("json", "stream") for cell in results[kind].values())
+    return sum(
+        cell[name]["requests"]
+        for kind in ("json", "stream", "mcp")
+        for cell in results.get(kind, {}).values()
+        if name in cell
+    )
+
+
+def mcp_url(chat_url: str) -> str:
+    return chat_url.replace("/v1/chat/completions", "/v1/mcp")
 
 
 def ledgers(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -357,6 +369,7 @@ def main() -> int:
         "idle_rss_mb": {},
         "json": {},
         "stream": {},
+        "mcp": {},
         "slow": {},
     }
     try:
@@ -406,6 +419,12 @@ def main() -> int:
         for c in CELLS["stream"]:
             print(f"streaming ({STREAM_CHUNKS} chunks), {c} in flight …", flush=True)
             results["stream"][str(c)] = measure(stream_targets, c, stream=True)
+        # MCP chat_completion beside a REST request: Faregate only (the baseline may predate
+        # MCP; the other targets have no chat tool), so faregate's own JSON cell is the yardstick
+        mcp_targets = {"faregate": {**targets["faregate"], "url": mcp_url(targets["faregate"]["url"])}}
+        for c in CELLS["mcp"]:
+            print(f"MCP chat_completion, {c} in flight …", flush=True)
+            results["mcp"][str(c)] = measure(mcp_targets, c, mcp=True)
         results["ledger"] = check_ledger(work / "home" / "billing.db", served(results, "faregate"))
         if baseline:
             results["baseline"]["ledger"] = check_ledger(home / "billing.db", served(results, baseline.name))
@@ -607,6 +626,7 @@ def table(r: dict[str, Any]) -> str:
         + (f" Cells: {m['cells']} (BENCH_CELLS)." if m.get("cells", "all") != "all" else ""),
         *json_table(r),
         *stream_table(r),
+        *mcp_table(r),
         *slow_table(r),
         "",
         "Idle RSS of all of a target's processes: "
@@ -663,6 +683,27 @@ def json_table(r: dict[str, Any]) -> list[str]:
                 f"| {c} | {med(fg, 'rps') / med(ll, 'rps'):.2f}× | {med(fg, 'p99_ms') / med(ll, 'p99_ms'):.2f}× "
                 f"| {med(fg, 'cpu_ms_per_request') / med(ll, 'cpu_ms_per_request'):.2f}× |"
             )
+    return lines
+
+
+def mcp_table(r: dict[str, Any]) -> list[str]:
+    if not r.get("mcp"):
+        return []
+    lines = [
+        "",
+        "MCP `chat_completion` (a JSON-RPC `tools/call` over Streamable HTTP, the same gateway core) "
+        "against a REST chat completion, same run:",
+        "",
+        "| in flight | MCP calls/s | MCP p50 ms | MCP CPU ms/call | REST CPU ms/request | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c, cell in r["mcp"].items():
+        row, rest = cell["faregate"], r["json"].get(c, {}).get("faregate")
+        rest_cpu = med(rest, "cpu_ms_per_request") if rest else float("nan")
+        lines.append(
+            f"| {c} | {fmt(row, 'rps', 0)} | {fmt(row, 'p50_ms', 2)} | {fmt(row, 'cpu_ms_per_request', 2)} "
+            f"| {rest_cpu:.2f} | {med(row, 'cpu_ms_per_request') / rest_cpu:.2f}× |"
+        )
     return lines
 
 
