@@ -296,4 +296,5 @@ def _completion_pb(call: RouteCall) -> router_pb2.CompletionRequest:
             preferred_provider=c.preferred_provider,
         ),
         body=call.body,
+        entry=call.entry,
     )

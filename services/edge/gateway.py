@@ -60,6 +60,7 @@ class RouteCall:
     request_id: str
     caller: Caller
     body: bytes  # the client's JSON, relayed as bytes (the router parses it)
+    entry: str = ""  # the way in when not the REST API ("mcp"), recorded with the usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +148,17 @@ class Gateway:
         }
 
     def admit(
-        self, credentials: Credentials, body: bytes, *, request_id: str, endpoint: Endpoint = Endpoint.CHAT
+        self,
+        credentials: Credentials,
+        body: bytes,
+        *,
+        request_id: str,
+        endpoint: Endpoint = Endpoint.CHAT,
+        entry: str = "",
     ) -> Admission:
-        """The admission of one request, entered with ``async with``."""
-        return Admission(self, credentials, body, request_id, endpoint)
+        """The admission of one request, entered with ``async with``; ``entry`` names the way
+        in when it is not the REST API (the usage record says so)."""
+        return Admission(self, credentials, body, request_id, endpoint, entry)
 
     def key_changed(self, key_id: str) -> None:
         """A key was revoked or its limits or routing changed: its grants end at once."""
@@ -284,6 +292,7 @@ class Admission:
         "_body",
         "_credentials",
         "_endpoint",
+        "_entry",
         "_gateway",
         "_hold",
         "_metered",
@@ -295,9 +304,16 @@ class Admission:
     )
 
     def __init__(
-        self, gateway: Gateway, credentials: Credentials, body: bytes, request_id: str, endpoint: Endpoint
+        self,
+        gateway: Gateway,
+        credentials: Credentials,
+        body: bytes,
+        request_id: str,
+        endpoint: Endpoint,
+        entry: str = "",
     ) -> None:
         self._gateway = gateway
+        self._entry = entry
         self._credentials = credentials
         self._body = body
         self._endpoint = endpoint
@@ -331,7 +347,7 @@ class Admission:
             self._hold.release()  # no answer, so no usage record will settle it
 
     def _call(self) -> RouteCall:
-        return RouteCall(self.request_id, self.caller, self._body)
+        return RouteCall(self.request_id, self.caller, self._body, self._entry)
 
     async def complete(self) -> bytes:
         """The whole answer (JSON bytes): a chat completion not streamed, or embeddings."""

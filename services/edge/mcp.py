@@ -190,7 +190,8 @@ def build_server(gateway: Gateway, clients: Clients, new_request_id: Any) -> MCP
                 body[name] = value
         request_id = new_request_id()
         with _as_tool_errors():
-            async with gateway.admit(caller.credentials, orjson.dumps(body), request_id=request_id) as admission:
+            admit = gateway.admit(caller.credentials, orjson.dumps(body), request_id=request_id, entry="mcp")
+            async with admit as admission:
                 answer = orjson.loads(await admission.complete())
         choice = (answer.get("choices") or [{}])[0]
         usage = answer.get("usage") or {}

@@ -35,6 +35,7 @@ class CompletionCall:
     request_id: str
     caller: Caller
     body: bytes  # the client's JSON, parsed by the router
+    entry: str = ""  # the way in, when not the REST API ("mcp")
 
 
 class Start(NamedTuple):

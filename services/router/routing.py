@@ -304,7 +304,7 @@ class ChatRouter:
 
         attempt, answer = await self._first_answer(attempts, embed)
         record = _record(call, attempt, False, started)
-        record.endpoint = "embeddings"
+        record.endpoint = f"{call.entry}:embeddings" if call.entry else "embeddings"
         answer.usage.completion_tokens = 0
         self._finish(record, answer.usage, body, started, None)
         return Chunk([answer.body], _start(attempt, False))
@@ -360,7 +360,7 @@ def _record(call: CompletionCall, attempt: Attempt, stream: bool, started: float
         model=model.id,
         provider=attempt.route.provider,
         provider_model=attempt.route.model,
-        endpoint="chat.completions",
+        endpoint=f"{call.entry}:chat.completions" if call.entry else "chat.completions",
         prompt_price_micros=model.prompt_price_micros,
         completion_price_micros=model.completion_price_micros,
         billable=c.billable and not model.test,

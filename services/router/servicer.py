@@ -51,7 +51,7 @@ def call_from_pb(request: pb.CompletionRequest) -> CompletionCall:
         routing_mode=RoutingMode.from_pb(c.routing_mode),
         preferred_provider=c.preferred_provider,
     )
-    return CompletionCall(request_id=request.request_id, caller=caller, body=request.body)
+    return CompletionCall(request_id=request.request_id, caller=caller, body=request.body, entry=request.entry)
 
 
 def chunk_pb(chunk: Chunk) -> pb.CompletionChunk:

@@ -94,6 +94,10 @@ async def test_a_chat_completion_over_mcp_is_metered_like_rest(stack: Stack, acc
     by_request = {e.request_id: e.amount_micros for e in entries}
     assert by_request[answer["request_id"]] == -cost  # to the micro-USD, as the REST request
     assert sorted(by_request.values()) == [-cost, -cost]
+    log = httpx.get(f"{stack.url}/v1/requests", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+    endpoints = {r["id"]: r["endpoint"] for r in log}
+    assert endpoints[answer["request_id"]] == "mcp:chat.completions"  # the usage record says how it came
+    assert sorted(endpoints.values()) == ["chat.completions", "mcp:chat.completions"]
 
 
 async def test_the_account_tools_answer_for_the_calling_key_only(stack: Stack, account: tuple[str, str]) -> None:
