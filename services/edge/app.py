@@ -55,6 +55,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             new_request_id,
             allowed_origins=[o.strip() for o in settings.mcp_allowed_origins.split(",") if o.strip()],
             client_ip=ctx.client_ip,
+            forwarded_prefix=ctx.forwarded_prefix,
         )
         try:
             async with mcp.running():

@@ -32,6 +32,20 @@ class EdgeContext:
     def credentials(self, request: Request) -> Credentials:
         return Credentials(bearer(request), self.client_ip(request))
 
+    def forwarded_prefix(self, request: Request) -> str:
+        """The path prefix a trusted proxy strips (``X-Forwarded-Prefix``), or ""."""
+        prefix = request.headers.get("x-forwarded-prefix", "").strip().rstrip("/")
+        if not prefix.startswith("/") or "//" in prefix or not self._from_trusted_proxy(request):
+            return ""
+        return prefix
+
+    def _from_trusted_proxy(self, request: Request) -> bool:
+        peer = request.client.host if request.client else ""
+        try:
+            return bool(peer) and any(ipaddress.ip_address(peer) in net for net in self.trusted_proxies)
+        except ValueError:
+            return False
+
     def client_ip(self, request: Request) -> str:
         """The socket peer, or the first X-Forwarded-For hop when the peer is a trusted proxy."""
         peer = request.client.host if request.client else ""

@@ -318,9 +318,11 @@ class McpEndpoint:
         *,
         allowed_origins: list[str],
         client_ip: Any,
+        forwarded_prefix: Any = lambda request: "",
     ) -> None:
         self._clients = clients
         self._client_ip = client_ip
+        self._forwarded_prefix = forwarded_prefix
         self._allowed_origins = allowed_origins
         self._guests = asyncio.Semaphore(GUEST_CONCURRENCY)
         self.server = build_server(gateway, clients, new_request_id)
@@ -349,7 +351,9 @@ class McpEndpoint:
             return
         rest = scope["path"][len(PATH) :].rstrip("/")
         inner = dict(scope)
-        inner["root_path"] = scope.get("root_path", "") + PATH
+        # the SSE transport announces its message endpoint by path: behind a proxy that strips
+        # a prefix, the client must be told the prefix too (X-Forwarded-Prefix, trusted proxies)
+        inner["root_path"] = self._forwarded_prefix(request) + scope.get("root_path", "") + PATH
         inner[_SCOPE_KEY] = caller
         if rest in ("/sse", "/messages"):
             inner["path"] = rest + ("/" if rest == "/messages" else "")

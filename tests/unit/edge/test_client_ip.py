@@ -47,3 +47,11 @@ def test_bearer_distinguishes_no_header_from_a_bad_one() -> None:
     assert bearer(request("1.2.3.4", {"Authorization": "Bearer gw_live_x"})) == "gw_live_x"
     assert bearer(request("1.2.3.4", {"Authorization": "Basic abc"})) == "Basic abc"  # refused by auth
     assert bearer(request("1.2.3.4", {"Authorization": "Bearer "})) != ""
+
+
+def test_a_path_prefix_is_believed_only_from_a_trusted_proxy() -> None:
+    prefixed = {"X-Forwarded-Prefix": "/gw/"}
+    assert ctx("").forwarded_prefix(request("10.0.0.9", prefixed)) == ""
+    assert ctx("10.0.0.0/8").forwarded_prefix(request("10.0.0.9", prefixed)) == "/gw"
+    assert ctx("10.0.0.0/8").forwarded_prefix(request("10.0.0.9", {"X-Forwarded-Prefix": "gw"})) == ""
+    assert ctx("10.0.0.0/8").forwarded_prefix(request("192.0.2.1", prefixed)) == ""
