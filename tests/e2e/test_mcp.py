@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,9 +30,14 @@ MESSAGES = [{"role": "user", "content": "say hello over MCP"}]
 
 
 @contextlib.asynccontextmanager
-async def streamable(stack: Stack, key: str | None, path: str = "/v1/mcp") -> AsyncIterator[ClientSession]:
+async def streamable(
+    stack: Stack, key: str | None, path: str = "/v1/mcp", source: str | None = None
+) -> AsyncIterator[ClientSession]:
+    """A session over Streamable HTTP; ``source`` is the local address to connect from (the
+    guest sandbox's budget is per client address, shared with the other tests' guests)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+    transport = httpx2.AsyncHTTPTransport(local_address=source) if source else None
+    async with httpx2.AsyncClient(headers=headers, timeout=30, transport=transport) as http:
         async with streamable_http_client(f"{stack.url}{path}", http_client=http) as (read, write, *_):
             async with ClientSession(read, write) as session:
                 await session.initialize()
@@ -153,7 +159,8 @@ def test_a_foreign_browser_origin_is_refused(stack: Stack) -> None:
 
 
 async def test_the_guest_sandbox_chats_with_test_models_only(stack: Stack) -> None:
-    async with streamable(stack, None) as session:
+    own_address = f"127.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+    async with streamable(stack, None, source=own_address) as session:
         echo = structured(await session.call_tool("chat_completion", {"model": "faregate/echo", "messages": MESSAGES}))
         priced = await session.call_tool("chat_completion", {"model": "fake-model", "messages": MESSAGES})
         balance = await session.call_tool("get_balance", {})
