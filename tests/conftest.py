@@ -67,6 +67,12 @@ models:
     pricing: {{prompt: 1.0, completion: 2.0}}
     features: [tools, streaming]
     routes: [{{provider: fake, model: fake-upstream-model}}]
+  - id: fake-embedding
+    name: Fake embedding model
+    categories: [embedding]
+    context_length: 8000
+    pricing: {{prompt: 1.0, completion: 0}}
+    routes: [{{provider: fake, model: fake-upstream-embedding}}]
   - id: fake-claude
     name: Fake Claude (Anthropic Messages API)
     aliases: [fake-claude-20250101]

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-import orjson
-
 from faregate.errors import FaregateError, PayloadTooLarge, RateLimited, Reason
+from services.edge import requests
 from services.edge.callers import (
     AdmissionAsk,
     Admitted,
@@ -326,13 +325,11 @@ class Admission:
         gateway, raw = self._gateway, self._body
         if len(raw) > gateway._max_body_bytes:
             raise PayloadTooLarge(f"request body is over {gateway._max_body_bytes} bytes")
-        # Parsed here for the worst-case cost and the stream flag; the router parses the
-        # bytes again, and refuses a body that does not parse.
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        self.streamed = not isinstance(body, dict) or body.get("stream") not in (None, False)
+        # Parsed and checked once, here (services/edge/requests.py): a malformed body is a 400
+        # before it costs an admission or reaches the router; the worst-case cost and the
+        # stream flag come from it.
+        body = requests.parse(raw, embeddings=self._endpoint is Endpoint.EMBEDDINGS)
+        self.streamed = bool(body.get("stream"))
         amount = gateway.prices.worst_case(body, len(raw)) if self._credentials.live else 0
         self.caller, self._slot, self._hold = await gateway._admit(self._credentials, self.request_id, amount)
         return self

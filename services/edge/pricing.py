@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from faregate.money import token_cost
 from services.edge.callers import ModelPrice
@@ -33,12 +34,52 @@ def _dearest(p: Price) -> tuple[int, int]:
     return (p.completion_micros + p.prompt_micros, p.context_length)
 
 
-def _worst(price: Price, body_bytes: int, asked: object) -> int:
-    # Every token is at least one byte: the body's size bounds the prompt.
-    prompt = min(body_bytes, price.context_length)
+# What a request can be billed for beyond its body's bytes (every token is at least one byte
+# of the body, except for these):
+IMAGE_TOKENS = 3_000  # an image by URL: OpenAI bills up to ~2,500 tokens, Anthropic ~1,600
+TOOLS_TOKENS = 1_000  # the tool-use prompt an upstream adds when tools are given (Anthropic ~350–500)
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a request's cost depends on, beyond its model's prices."""
+
+    prompt: int  # tokens at most, before the context window bounds them
+    completion: int  # per choice, 0: not bounded by the request (the context window does)
+    choices: int  # n
+
+
+def shape(body: dict[str, Any], size: int) -> Shape:
+    """The worst case of a checked body (services/edge/requests.py) of ``size`` bytes: every
+    multiplier the upstream bills — ``n`` choices, each up to the larger of ``max_tokens`` and
+    ``max_completion_tokens`` (providers differ in which they honour); images by URL; a file
+    by id (the whole context window); the tool-use prompt."""
+    prompt = size
+    messages = body.get("messages")
+    for m in messages if type(messages) is list else ():
+        content = m.get("content") if type(m) is dict else None
+        if type(content) is list:
+            for part in content:
+                kind = part.get("type") if type(part) is dict else None
+                if kind == "image_url":
+                    prompt += IMAGE_TOKENS
+                elif kind == "file":
+                    prompt = _UNBOUNDED
+    if body.get("tools") or body.get("functions"):
+        prompt += TOOLS_TOKENS
+    limits = [v for v in (body.get("max_tokens"), body.get("max_completion_tokens")) if type(v) is int and v > 0]
+    n = body.get("n")
+    return Shape(prompt, max(limits, default=0), n if type(n) is int and n > 1 else 1)
+
+
+_UNBOUNDED = 1 << 62
+
+
+def _worst(price: Price, s: Shape) -> int:
+    prompt = min(s.prompt, price.context_length)
     room = max(price.context_length - prompt, 1)
-    completion = min(asked, room) if isinstance(asked, int) and asked > 0 else room
-    return max(1, token_cost(prompt, completion, price.prompt_micros, price.completion_micros))
+    completion = min(s.completion, room) if s.completion else room
+    return max(1, token_cost(prompt, completion * s.choices, price.prompt_micros, price.completion_micros))
 
 
 class PriceBook:
@@ -90,5 +131,5 @@ class PriceBook:
         known = [p for p in (self._prices.get(str(n)) for n in names) if p is not None and not p.free]
         if not known:
             return 0
-        asked = body.get("max_completion_tokens") or body.get("max_tokens")
-        return max(_worst(price, size, asked) for price in known)
+        worst = shape(body, size)
+        return max(_worst(price, worst) for price in known)

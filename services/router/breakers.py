@@ -6,9 +6,10 @@ closed ──(N consecutive failures)──► open ──(after the open period
 
 While open, a provider is skipped; after the open period exactly one request probes it (a
 probe is a lease: one that never reports back frees the slot after ``probe_seconds``).
-Failures are what make failover worthwhile: unreachable, timed out, 5xx and 429 — never a
-request the upstream rejected as invalid. Independently of the state, a provider that
-answered with ``Retry-After`` is skipped until then ("cooling").
+Failures are the provider's: unreachable, timed out, cut off, 5xx — never a request the
+upstream rejected as invalid, nor a 429 (the router decides, ``routing.provider_fault``; a
+failure that does not count is reported with ``counts=False``). Independently of the state,
+a provider that answered with ``Retry-After`` is skipped until then ("cooling").
 
 ``LocalBreakers`` keeps the state in this process (one router replica). ``RedisBreakers``
 keeps it in one Redis hash per provider, changed only by Lua scripts that read Redis's own
@@ -55,7 +56,9 @@ class Breakers(ABC):
     async def success(self, provider: str, permit: Permit | None = None) -> None: ...
 
     @abstractmethod
-    async def failure(self, provider: str, retry_after: float | None = None) -> None: ...
+    async def failure(self, provider: str, retry_after: float | None = None, *, counts: bool = True) -> None:
+        """An attempt failed; ``counts`` False: not the provider's fault, only its Retry-After
+        (cooling) applies."""
 
     @abstractmethod
     async def release_probe(self, provider: str) -> None:
@@ -113,12 +116,15 @@ class LocalBreakers(Breakers):
         b = self._get(provider)
         b.state, b.consecutive_failures, b.probe_until = "closed", 0, 0.0
 
-    async def failure(self, provider: str, retry_after: float | None = None) -> None:
+    async def failure(self, provider: str, retry_after: float | None = None, *, counts: bool = True) -> None:
         b, now = self._get(provider), self._clock()
-        b.consecutive_failures += 1
-        b.last_failure = now
-        if b.state == "half_open" or b.consecutive_failures >= self.threshold:
-            b.state, b.opened_at, b.probe_until = "open", now, 0.0
+        if counts:
+            b.consecutive_failures += 1
+            b.last_failure = now
+            if b.state == "half_open" or b.consecutive_failures >= self.threshold:
+                b.state, b.opened_at, b.probe_until = "open", now, 0.0
+        elif b.state == "half_open":
+            b.probe_until = 0.0  # the probe proved nothing: the next request probes
         if retry_after:
             b.cooling_until = max(b.cooling_until, now + retry_after)
 
@@ -164,10 +170,15 @@ _FAILURE = (
     _NOW
     + """
 local h = redis.call('HMGET', KEYS[1], 'state', 'failures', 'cooling_until')
-local failures = tonumber(h[2] or '0') + 1
-redis.call('HSET', KEYS[1], 'failures', failures, 'last_failure', tostring(now))
-if h[1] == 'half_open' or failures >= tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', tostring(now), 'probe_until', '0')
+local failures = tonumber(h[2] or '0')
+if ARGV[3] == '1' then
+  failures = failures + 1
+  redis.call('HSET', KEYS[1], 'failures', failures, 'last_failure', tostring(now))
+  if h[1] == 'half_open' or failures >= tonumber(ARGV[1]) then
+    redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', tostring(now), 'probe_until', '0')
+  end
+elseif h[1] == 'half_open' then
+  redis.call('HSET', KEYS[1], 'probe_until', '0')
 end
 local wait = tonumber(ARGV[2])
 if wait > 0 and now + wait > tonumber(h[3] or '0') then
@@ -225,8 +236,8 @@ class RedisBreakers(Breakers):
             return
         await self._success(keys=[self._key(provider)])
 
-    async def failure(self, provider: str, retry_after: float | None = None) -> None:
-        await self._failure(keys=[self._key(provider)], args=[self.threshold, retry_after or 0])
+    async def failure(self, provider: str, retry_after: float | None = None, *, counts: bool = True) -> None:
+        await self._failure(keys=[self._key(provider)], args=[self.threshold, retry_after or 0, 1 if counts else 0])
 
     async def release_probe(self, provider: str) -> None:
         await self._redis.hset(self._key(provider), "probe_until", "0")

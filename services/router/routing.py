@@ -167,6 +167,7 @@ class ChatRouter:
             model = self._catalog.model(model_id)
             if model not in models:
                 self._check_caller(model, caller)
+                _check_endpoint(model, endpoint)
                 models.append(model)
         attempts = [Attempt(m, r) for m in models for r in self.chain(m, caller)]
         if not attempts:
@@ -196,7 +197,7 @@ class ChatRouter:
                 result = await call(self._providers[provider], attempt)
             except UpstreamError as exc:
                 log.warning("route %s/%s failed before the first byte: %s", provider, attempt.route.model, exc)
-                await self.breakers.failure(provider, exc.retry_after)
+                await self._failed(provider, exc)
                 tried.append(exc)
                 continue
             except FaregateError:
@@ -220,6 +221,11 @@ class ChatRouter:
             f"every provider for {model_id!r} failed ({len(tried)} tried)",
             retry_after=max(1.0, min(waits)) if waits else 1,
         ) from tried[-1]
+
+    async def _failed(self, provider: str, exc: UpstreamError) -> None:
+        """An attempt failed: the breaker counts it only if the failure is the provider's
+        (:func:`provider_fault`); a Retry-After is honoured either way."""
+        await self.breakers.failure(provider, exc.retry_after, counts=provider_fault(exc))
 
     async def _open_stream(
         self, provider: Provider, attempt: Attempt, body: dict[str, Any], include_usage: bool
@@ -248,8 +254,7 @@ class ChatRouter:
         body = parse_body(call.body)
         caller = call.caller
         attempts = await self.plan(body, caller)
-        if caller.max_tokens_cap:
-            body["max_tokens"] = min(int(body.get("max_tokens") or caller.max_tokens_cap), caller.max_tokens_cap)
+        cap_output(body, caller.max_tokens_cap)
         stream = bool(body.get("stream"))
         options = body.get("stream_options")
         include_usage = stream and isinstance(options, dict) and bool(options.get("include_usage"))
@@ -280,7 +285,7 @@ class ChatRouter:
                 yield Chunk(batch)
             status = UsageRecord.STATUS_OK
         except UpstreamError as exc:
-            await self.breakers.failure(attempt.route.provider, exc.retry_after)
+            await self._failed(attempt.route.provider, exc)
             status = UsageRecord.STATUS_UPSTREAM_ERROR
             yield Chunk([], error=exc)
         finally:
@@ -336,6 +341,42 @@ class ChatRouter:
         record.ttft_ms = math.ceil((first_at - started) * 1000) if first_at else 0
         record.status = status  # type: ignore[assignment]  # protobuf enums are ints
         self._sink(record)
+
+
+def _check_endpoint(model: Model, endpoint: str) -> None:
+    """An embeddings call needs an embedding model (category ``embedding``): a chat model
+    there would be sent to an upstream that cannot answer it."""
+    if endpoint == "embeddings" and "embedding" not in model.categories:
+        raise InvalidRequest(f"model {model.id!r} is not an embedding model", code="model_not_embedding", param="model")
+
+
+def cap_output(body: dict[str, Any], cap: int) -> None:
+    """Apply a caller's cap on output tokens (the guest's, a key's ``max_tokens_cap``; 0: none)
+    to every field that bounds the output: ``max_tokens`` and ``max_completion_tokens`` (each
+    upstream honours one or the other), and ``n`` choices together — each gets ``cap // n``
+    (at least 1). With neither field given, ``max_tokens`` is set."""
+    if not cap:
+        return
+    n = body.get("n")
+    per_choice = max(1, cap // n) if isinstance(n, int) and n > 1 else cap
+    given = False
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None:
+            body[name] = min(int(value), per_choice)
+            given = True
+    if not given:
+        body["max_tokens"] = per_choice
+
+
+def provider_fault(exc: UpstreamError) -> bool:
+    """Whether an upstream failure is the provider's and counts against its breaker: it was
+    unreachable, timed out, cut the answer off, answered garbage or a 5xx (or refused our
+    credentials) — to a body the edge has checked against OpenAI's schema
+    (services/edge/requests.py), so a tenant's malformed input never gets here. A 429 is the
+    provider pacing us, not failing: its Retry-After cools the provider, it opens nothing
+    (one tenant's burst must not shut a provider for everyone)."""
+    return exc.code != "upstream_429"
 
 
 def _task_from_body(body: dict[str, Any]) -> str:

@@ -17,10 +17,10 @@ def test_embeddings_with_the_sdk_are_metered_on_input_tokens(stack: Stack) -> No
     key = stack.create_key(acc)
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
     one = client.embeddings.with_raw_response.create(
-        model="fake-model", input="a single sentence here", encoding_format="float"
+        model="fake-embedding", input="a single sentence here", encoding_format="float"
     )
     validate("CreateEmbeddingResponse", one.http_response.json())
-    batch = client.embeddings.create(model="fake-model", input=["first text", "second text", "third"])
+    batch = client.embeddings.create(model="fake-embedding", input=["first text", "second text", "third"])
     assert [d.index for d in batch.data] == [0, 1, 2] and all(len(d.embedding) == 8 for d in batch.data)
 
     def two_entries() -> list | None:
@@ -38,9 +38,9 @@ def test_embeddings_with_the_sdk_are_metered_on_input_tokens(stack: Stack) -> No
 @pytest.mark.parametrize(
     "body",
     [
-        {"model": "fake-model"},
-        {"model": "fake-model", "input": ""},
-        {"model": "fake-model", "input": []},
+        {"model": "fake-embedding"},
+        {"model": "fake-embedding", "input": ""},
+        {"model": "fake-embedding", "input": []},
         {"input": "x"},
     ],
 )
@@ -54,5 +54,5 @@ def test_embeddings_unknown_model_and_no_key(stack: Stack) -> None:
     key = stack.create_key(stack.create_account(credit_usd=1))
     with pytest.raises(openai.NotFoundError):
         openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0).embeddings.create(model="nope", input="x")
-    resp = stack.http.post("/v1/embeddings", json={"model": "fake-model", "input": "x"})
+    resp = stack.http.post("/v1/embeddings", json={"model": "fake-embedding", "input": "x"})
     assert resp.status_code == 403  # the keyless guest may not use a live model

@@ -25,6 +25,8 @@ ROOTS = [
     "CreateEmbeddingResponse",
     "ListModelsResponse",
     "ErrorResponse",
+    "CreateChatCompletionRequest",
+    "CreateEmbeddingRequest",
 ]
 PREFIX = "#/components/schemas/"
 TARGET = Path(__file__).with_name("openai-schemas.json")

@@ -14,6 +14,7 @@ from faregate.errors import (
     AuthenticationFailed,
     FaregateError,
     InsufficientBalance,
+    InvalidRequest,
     PayloadTooLarge,
     RateLimited,
     Reason,
@@ -163,7 +164,7 @@ async def test_a_client_that_goes_away_mid_stream_ends_the_call() -> None:
 async def test_a_stream_answered_whole_frees_the_slot_at_once() -> None:
     stream = FakeStream(Opened(False, [b'{"id": "x"}']), [])
     gw, _, _, _ = await gateway(router=FakeRouter(stream_with=stream))
-    async with gw.admit(LIVE, b'{"model": "priced", "stream": "yes"}', request_id="req_1") as admission:
+    async with gw.admit(LIVE, chat(stream=True), request_id="req_1") as admission:
         relay = await admission.stream()
         assert not relay.streamed and relay.body == b'{"id": "x"}'
         assert [r.slot_id for r in gw.releases.take()] == ["slot_1"]
@@ -186,12 +187,21 @@ async def test_a_body_over_the_limit_is_refused_before_any_call() -> None:
     assert auth.asks == [] and billing.held == {}
 
 
-async def test_test_keys_free_models_and_unparsable_bodies_hold_nothing() -> None:
+async def test_test_keys_and_free_models_hold_nothing() -> None:
     gw, _, billing, router = await gateway()
-    for creds, body in ((TEST, chat()), (LIVE, chat(model="faregate/echo")), (LIVE, b"not json")):
+    for creds, body in ((TEST, chat()), (LIVE, chat(model="faregate/echo"))):
         async with gw.admit(creds, body, request_id="req_x") as admission:
             await admission.complete()
-    assert billing.held == {} and len(router.calls) == 3
+    assert billing.held == {} and len(router.calls) == 2
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1]", chat(messages=[1, 2]), chat(n=-1)])
+async def test_a_malformed_body_is_refused_before_any_call(body: bytes) -> None:
+    gw, auth, billing, router = await gateway()
+    with pytest.raises(InvalidRequest):
+        async with gw.admit(LIVE, body, request_id="req_x"):
+            raise AssertionError("not admitted")
+    assert auth.asks == [] and billing.held == {} and router.calls == []
 
 
 async def test_embeddings_go_to_the_router_as_embeddings() -> None:

@@ -14,7 +14,7 @@ from faregate.events import CATALOG_CHANGED
 from faregate.money import token_cost
 from services.edge.callers import ModelPrice
 from services.edge.changes import follow_changes
-from services.edge.pricing import PriceBook
+from services.edge.pricing import IMAGE_TOKENS, TOOLS_TOKENS, PriceBook
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France, in one word?"}]
 
@@ -94,3 +94,22 @@ async def test_a_catalog_change_announced_on_nats_reloads_the_prices(infra: Any)
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_the_worst_case_counts_every_multiplier() -> None:
+    prices = await loaded()
+    raw = body(model="cheap", n=100, max_tokens=64)  # issue 22: 100 choices of 64 tokens each
+    assert worst(prices, raw) == token_cost(len(raw), 6_400, 1_000_000, 2_000_000)
+    raw = body(model="cheap", max_tokens=10, max_completion_tokens=1_000)  # providers honour either
+    assert worst(prices, raw) == token_cost(len(raw), 1_000, 1_000_000, 2_000_000)
+    raw = body(model="tiny-context", n=3)  # each choice up to the rest of the window
+    assert worst(prices, raw) == token_cost(len(raw), 3 * (300 - len(raw)), 1_000_000, 2_000_000)
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    raw = orjson.dumps({"model": "cheap", "max_tokens": 1, "messages": [{"role": "user", "content": [image, image]}]})
+    assert worst(prices, raw) == token_cost(len(raw) + 2 * IMAGE_TOKENS, 1, 1_000_000, 2_000_000)
+    tool = {"type": "function", "function": {"name": "f"}}
+    raw = body(model="cheap", max_tokens=1, tools=[tool])
+    assert worst(prices, raw) == token_cost(len(raw) + TOOLS_TOKENS, 1, 1_000_000, 2_000_000)
+    file = {"type": "file", "file": {"file_id": "file-1"}}  # its size is not in the body: the whole window
+    raw = orjson.dumps({"model": "cheap", "max_tokens": 1, "messages": [{"role": "user", "content": [file]}]})
+    assert worst(prices, raw) == token_cost(100_000, 1, 1_000_000, 2_000_000)

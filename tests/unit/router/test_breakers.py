@@ -116,3 +116,14 @@ async def test_replicas_sharing_redis_see_one_state() -> None:
         await one.reset(["p"])
         await one.close()
         await two.close()
+
+
+async def test_a_failure_that_is_not_the_providers_only_cools(make: Callable[..., Breakers]) -> None:
+    b = make()
+    for _ in range(5):
+        await b.failure("p", None, counts=False)
+    [state] = (await b.snapshot(["p"])).values()
+    assert state.state == "closed" and state.consecutive_failures == 0
+    assert (await b.allow("p")).allowed
+    await b.failure("p", 30, counts=False)  # its Retry-After still holds
+    assert not (await b.allow("p")).allowed

@@ -5,13 +5,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from faregate.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable
+from faregate.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from faregate.pb.events.v1.usage_pb2 import UsageRecord
 from faregate.values import RoutingMode
 from services.router.calls import Caller, Chunk, CompletionCall
 from services.router.catalog import load_catalog
+from services.router.providers.base import Completion
 from services.router.providers.echo import EchoProvider
-from services.router.routing import ChatRouter, parse_body
+from services.router.routing import ChatRouter, cap_output, parse_body
 from tests.openai_schema import validate
 
 
@@ -192,3 +193,60 @@ async def test_auto_router_skips_unhealthy_and_reads_the_task(multi: ChatRouter)
     # "model": "auto" routes the same way, the task hint leaving the body
     body = {"model": "auto", "task": "cheap bulk job", "messages": [{"role": "user", "content": "x"}]}
     assert (await multi.plan(body, _caller()))[0].model.id == "small" and "task" not in body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_cap_bounds_max_completion_tokens_too(
+    router: ChatRouter, sink: list[UsageRecord], stream: bool
+) -> None:
+    body = {"model": "faregate/echo", "messages": [{"role": "user", "content": "w " * 50}], "stream": stream}
+    await collect(router, request({**body, "max_completion_tokens": 1000}, cap=3))
+    assert sink[-1].completion_tokens == 3
+
+
+def test_the_cap_is_applied_to_every_field_that_bounds_output() -> None:
+    for given, capped in [
+        ({}, {"max_tokens": 256}),
+        ({"max_tokens": 10}, {"max_tokens": 10}),
+        ({"max_tokens": 1000}, {"max_tokens": 256}),
+        ({"max_completion_tokens": 1000}, {"max_completion_tokens": 256}),
+        ({"max_tokens": 1000, "max_completion_tokens": 5000}, {"max_tokens": 256, "max_completion_tokens": 256}),
+        ({"n": 4}, {"n": 4, "max_tokens": 64}),  # n choices share the cap
+        ({"n": 128, "max_completion_tokens": 9}, {"n": 128, "max_completion_tokens": 2}),
+        ({"n": 1000}, {"n": 1000, "max_tokens": 1}),
+    ]:
+        body = dict(given)
+        cap_output(body, 256)
+        assert body == capped, given
+    body = {"max_tokens": 1000}
+    cap_output(body, 0)  # no cap
+    assert body == {"max_tokens": 1000}
+
+
+class Failing(EchoProvider):
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__("faregate/echo")
+        self.error = error
+
+    async def chat(self, model: str, body: dict) -> Completion:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "opens"),
+    [
+        (UpstreamError("HTTP 500", code="upstream_500"), True),
+        (UpstreamTimeout("timed out"), True),
+        (UpstreamError("unreachable"), True),
+        (UpstreamError("HTTP 429", code="upstream_429"), False),  # pacing, not failing
+    ],
+)
+async def test_only_the_providers_failures_open_its_breaker(error: UpstreamError, opens: bool) -> None:
+    catalog = load_catalog(None, env={})
+    router = ChatRouter(catalog, {"faregate": Failing(error)}, lambda r: None)
+    body = {"model": "faregate/echo", "messages": [{"role": "user", "content": "x"}]}
+    for _ in range(router.breakers.threshold):
+        with pytest.raises(UpstreamError):
+            await collect(router, request(body))
+    state = (await router.breakers.snapshot(["faregate"]))["faregate"]
+    assert (state.state == "open") is opens
