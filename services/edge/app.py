@@ -161,9 +161,10 @@ INFERENCE_ROUTES: dict[str, Endpoint] = {
 }
 
 
-def create_asgi(settings: EdgeSettings) -> HotPath:
+def create_asgi(settings: EdgeSettings, app: FastAPI | None = None) -> HotPath:
     """What uvicorn serves: the hot routes, then the FastAPI app."""
-    return HotPath(create_app(settings), INFERENCE_ROUTES, admin="never" if settings.admin_addr else "also")
+    app = app or create_app(settings)
+    return HotPath(app, INFERENCE_ROUTES, admin="never" if settings.admin_addr else "also")
 
 
 def server_config(app: ASGIApp, settings: EdgeSettings, addr: str, *, lifespan: bool = True) -> uvicorn.Config:
@@ -207,13 +208,14 @@ class _Follower(uvicorn.Server):
 
 
 async def serve(settings: EdgeSettings) -> None:
-    asgi = create_asgi(settings)
+    app = create_app(settings)
+    asgi = create_asgi(settings, app)
     public = _Listener(server_config(asgi, settings, settings.http_addr))
     log.info("edge listening on http://%s", settings.http_addr)
     if not settings.admin_addr:
         await public.serve()
         return
-    admin_asgi = HotPath(asgi, {}, admin="only", state=lambda: public.lifespan.state)
+    admin_asgi = HotPath(app, {}, admin="only", state=lambda: public.lifespan.state)
     admin = _Follower(server_config(admin_asgi, settings, settings.admin_addr, lifespan=False))
     serving = asyncio.create_task(public.serve())
     up = asyncio.create_task(public.up.wait())

@@ -20,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from faregate.errors import HeadersTooLarge, InvalidRequest, RequestTimeout, UriTooLong
 from faregate.settings import EdgeSettings
 
+_LINGER_SECONDS = 2.0
 _REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
@@ -119,7 +120,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         )
         if not self.transport.is_closing():
             self.transport.write(head + body)
-            self.transport.close()
+            # a lingering close: closing with the client's bytes unread would reset the
+            # connection and could lose the answer, so the rest is read and dropped a while
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
 
 class _Refused(Exception):
