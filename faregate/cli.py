@@ -159,6 +159,8 @@ def up() -> None:
 
 
 def main() -> None:
+    # what Faregate writes (databases, secrets, logs, NATS data under .faregate/) is the owner's alone
+    os.umask(0o077)
     app()
 
 

@@ -8,12 +8,14 @@ put in WAL mode with a busy timeout so readers never block the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 if TYPE_CHECKING:
@@ -23,8 +25,21 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _URL_VAR = "FAREGATE_MIGRATE_URL"
 
 
+def private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file readable only by its owner (0600; SQLite gives its WAL
+    and shared-memory files the database file's mode), in a 0700 directory it creates."""
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
+        private_sqlite_file(url)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -59,6 +74,7 @@ def upgrade(service: str, url: str) -> None:
     """Bring ``service``'s tables to the newest revision (blocking)."""
     from alembic import command
 
+    private_sqlite_file(url)
     command.upgrade(alembic_config(service, url), "head")
 
 

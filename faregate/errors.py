@@ -7,7 +7,10 @@
     ├── InvalidRequest              400  invalid_request        INVALID_ARGUMENT
     │   ├── ContextLengthExceeded   400  invalid_request        INVALID_ARGUMENT    context_length_exceeded
     │   ├── PayloadTooLarge         413  invalid_request        INVALID_ARGUMENT
-    │   └── MethodNotAllowed        405  invalid_request        UNIMPLEMENTED
+    │   ├── MethodNotAllowed        405  invalid_request        UNIMPLEMENTED
+    │   ├── RequestTimeout          408  invalid_request        INVALID_ARGUMENT    (the edge's HTTP layer)
+    │   ├── UriTooLong              414  invalid_request        INVALID_ARGUMENT    (the edge's HTTP layer)
+    │   └── HeadersTooLarge         431  invalid_request        INVALID_ARGUMENT    (the edge's HTTP layer)
     ├── AuthenticationFailed        401  invalid_auth           UNAUTHENTICATED
     ├── InsufficientBalance         402  insufficient_balance   FAILED_PRECONDITION insufficient_balance
     ├── Forbidden                   403  content_policy         PERMISSION_DENIED
@@ -152,6 +155,23 @@ class MethodNotAllowed(InvalidRequest):
     http_status = 405
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
     kind = errors_pb2.ERROR_KIND_METHOD_NOT_ALLOWED
+
+
+class RequestTimeout(InvalidRequest):
+    """A request whose body did not arrive within the read timeout."""
+
+    http_status = 408
+    kind = errors_pb2.ERROR_KIND_REQUEST_TIMEOUT
+
+
+class UriTooLong(InvalidRequest):
+    http_status = 414
+    kind = errors_pb2.ERROR_KIND_URI_TOO_LONG
+
+
+class HeadersTooLarge(InvalidRequest):
+    http_status = 431
+    kind = errors_pb2.ERROR_KIND_HEADERS_TOO_LARGE
 
 
 class AuthenticationFailed(FaregateError):

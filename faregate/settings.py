@@ -60,7 +60,7 @@ class DatabaseSettings(Settings):
         """The configured URL, or a SQLite file per service under the home directory."""
         if self.database_url:
             return self.database_url
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         return f"sqlite+aiosqlite:///{(self.home / f'{service}.db').resolve()}"
 
 
@@ -105,7 +105,16 @@ class EdgeSettings(Settings):
     http_addr: str = "127.0.0.1:8080"
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For is believed, comma-separated
     admin_token: SecretStr | None = None
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # counted while it arrives: 413 once passed
+    max_request_line_bytes: int = Field(default=8 * 1024, ge=256)  # method, path and query: 414 past it
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)  # all header lines together: 431 past it
+    # the longest a client may take to send a request's headers, and then its body: 408
+    read_timeout: float = Field(default=30.0, gt=0)
+    keepalive_timeout: float = Field(default=5.0, gt=0)  # an idle connection is closed after this
+    # /admin/* only on this address (the public one then answers 404 for it); unset: on http_addr
+    admin_addr: str | None = None
+    # wrong admin tokens from one client address, per minute, before 429s
+    admin_failures_per_minute: int = Field(default=10, ge=1)
     # browser origins allowed to call /v1/mcp besides the edge's own ("*": any), comma-separated
     mcp_allowed_origins: str = ""
 
@@ -119,7 +128,7 @@ def load_or_create_secret(path: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

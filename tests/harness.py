@@ -136,6 +136,7 @@ class Stack:
         self.launcher = processes.Launcher(self.env, log_dir=home / "logs")
         self.procs: dict[str, processes.Proc] = {}
         self.http = httpx.Client(base_url=self.url, timeout=30)
+        self._sdks: list[Any] = []
 
     # -- processes ------------------------------------------------------------------
 
@@ -189,7 +190,18 @@ class Stack:
             [sys.executable, "-m", "faregate.cli", *args], env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
+    def sdk(self, key: str) -> Any:
+        """An OpenAI SDK client of this stack's edge, closed when the stack stops (clients the
+        garbage collector finds with open sockets would warn, and warnings fail the tests)."""
+        import openai
+
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0)
+        self._sdks.append(client)
+        return client
+
     def stop(self) -> None:
+        for client in self._sdks:
+            client.close()
         self.http.close()
         self.launcher.stop_all()
         asyncio.run(delete_stream(self.infra.nats_url, self.usage_stream, self.env["FAREGATE_CATALOG_BUCKET"]))

@@ -205,7 +205,7 @@ class AuthStore:
     async def revoke_key(self, account_id: str, key_id: str) -> KeyRow | None:
         at = now_ms()
         async with self._sessions.begin() as s:
-            await s.execute(
+            result = await s.execute(
                 update(api_keys)
                 .where(
                     api_keys.c.id == key_id,
@@ -214,9 +214,12 @@ class AuthStore:
                 )
                 .values(status=KeyStatus.REVOKED.value, revoked_at_ms=at)
             )
-            await s.execute(
-                insert(key_events).values(key_id=key_id, account_id=account_id, event="revoked", at_ms=at, detail="")
-            )
+            if result.rowcount:  # not another account's key, nor one already revoked
+                await s.execute(
+                    insert(key_events).values(
+                        key_id=key_id, account_id=account_id, event="revoked", at_ms=at, detail=""
+                    )
+                )
         keys = [k for k in await self.list_keys(account_id) if k.id == key_id]
         return keys[0] if keys else None
 

@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from faregate.errors import InvalidRequest
@@ -55,7 +55,7 @@ class Views:
             )
         q = q.order_by(c.started_at_ms.desc(), c.request_id.desc()).limit(_page(limit) + 1)
         async with self._sessions() as s:
-            rows = [dict(r._mapping) for r in (await s.execute(q)).all()]
+            rows = [_billed(dict(r._mapping)) for r in (await s.execute(q)).all()]
         more = len(rows) > _page(limit)
         rows = rows[: _page(limit)]
         return rows, (f"{rows[-1]['started_at_ms']}:{rows[-1]['request_id']}" if more else "")
@@ -75,7 +75,8 @@ class Views:
                 func.count().label("requests"),
                 func.sum(c.prompt_tokens).label("p"),
                 func.sum(c.completion_tokens).label("c"),
-                func.sum(c.cost_micros).label("cost"),
+                # a test key's request carries its would-be cost but was never billed
+                func.sum(case((c.billable.is_(True), c.cost_micros), else_=0)).label("cost"),
             )
             .where(c.account_id == account_id, c.started_at_ms >= start_ms)
             .group_by(key)
@@ -112,8 +113,22 @@ class Views:
         return int(cost), int(tokens)
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _billed(row: dict[str, Any]) -> dict[str, Any]:
+    """A request as the account sees it: no cost where nothing was billed (a test key)."""
+    if not row.get("billable", True):
+        row["cost_micros"] = 0
+    return row
+
+
 def _int_cursor(text: str) -> int:
+    """A cursor's integer part; out of the columns' 64-bit range is as invalid as not a number."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise InvalidRequest("invalid cursor", param="cursor") from None
+        value = -1
+    if not 0 <= value <= INT64_MAX:
+        raise InvalidRequest("invalid cursor", param="cursor")
+    return value

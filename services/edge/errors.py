@@ -15,16 +15,30 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from faregate.errors import FaregateError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge
+from faregate.errors import (
+    FaregateError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 
 log = logging.getLogger(__name__)
+
+
+# refused with the rest of their body unread: the connection is closed after the answer
+_UNREAD_BODY = (PayloadTooLarge, RequestTimeout)
 
 
 def error_response(exc: FaregateError, request_id: str | None = None) -> Response:
     headers = exc.headers()
     if request_id:
         headers["X-Request-Id"] = request_id
+    if isinstance(exc, _UNREAD_BODY):
+        headers["Connection"] = "close"
     return Response(orjson.dumps(exc.body()), status_code=exc.status, headers=headers, media_type="application/json")
 
 
@@ -33,7 +47,11 @@ def _request_id(request: Request) -> str | None:
 
 
 def failure_response(request: Request, exc: Exception) -> Response:
-    """The answer to a request that raised: its FaregateError, or (a bug) a bare 500."""
+    """The answer to a request that raised: its FaregateError, or (a bug) a bare 500. A
+    client gone mid-body is no failure of ours; its answer goes nowhere."""
+    if isinstance(exc, ClientDisconnect):
+        log.info("request %s: the client went away before its body was read", _request_id(request))
+        return Response(status_code=400)
     if isinstance(exc, FaregateError):
         if exc.status >= 500:
             log.warning("request %s failed: %s %s", _request_id(request), exc.type, exc.message)
@@ -67,7 +85,13 @@ def install(app: FastAPI) -> None:
             err = PayloadTooLarge(str(exc.detail))
         else:
             err = InvalidRequest(str(exc.detail))
-        return error_response(err, _request_id(request))
+        response = error_response(err, _request_id(request))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        return failure_response(request, exc)
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> Response:

@@ -34,7 +34,7 @@ def account(stack: Stack) -> tuple[str, str]:
 
 
 def client(stack: Stack, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
+    return stack.sdk(key)
 
 
 def usage_debits(stack: Stack, account_id: str, n: int) -> list[int]:

@@ -34,9 +34,7 @@ def test_an_empty_wallet_gets_402_and_free_models_still_work(stack: Stack) -> No
     assert resp.status_code == 402, resp.text
     assert resp.json()["error"]["type"] == "insufficient_balance"
     with pytest.raises(openai.APIStatusError) as info:
-        openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0).chat.completions.create(
-            model="fake-model", messages=HELLO
-        )
+        stack.sdk(key).chat.completions.create(model="fake-model", messages=HELLO)
     assert info.value.status_code == 402
     ok = stack.http.post("/v1/chat/completions", json={"model": "faregate/echo", "messages": HELLO}, headers=auth(key))
     assert ok.status_code == 200
@@ -77,7 +75,7 @@ def test_64_concurrent_requests_on_a_nearly_empty_wallet_overdraw_by_at_most_one
 def test_views_show_what_was_used_and_nothing_else(stack: Stack) -> None:
     acc = stack.create_account(plan="pro", credit_usd=3)
     key = stack.create_key(acc)
-    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
+    client = stack.sdk(key)
     for i in range(3):
         client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": f"secret {i}"}])
     list(client.chat.completions.create(model="fake-model", messages=HELLO, stream=True))

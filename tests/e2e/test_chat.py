@@ -17,7 +17,7 @@ COMPLETION_PRICE = 2_000_000
 
 
 def client(stack: Stack, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
+    return stack.sdk(key)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 def test_embeddings_with_the_sdk_are_metered_on_input_tokens(stack: Stack) -> None:
     acc = stack.create_account(credit_usd=2)
     key = stack.create_key(acc)
-    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
+    client = stack.sdk(key)
     one = client.embeddings.with_raw_response.create(
         model="fake-embedding", input="a single sentence here", encoding_format="float"
     )
@@ -53,6 +53,6 @@ def test_bad_embeddings_requests_are_400(stack: Stack, body: dict) -> None:
 def test_embeddings_unknown_model_and_no_key(stack: Stack) -> None:
     key = stack.create_key(stack.create_account(credit_usd=1))
     with pytest.raises(openai.NotFoundError):
-        openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0).embeddings.create(model="nope", input="x")
+        stack.sdk(key).embeddings.create(model="nope", input="x")
     resp = stack.http.post("/v1/embeddings", json={"model": "fake-embedding", "input": "x"})
     assert resp.status_code == 403  # the keyless guest may not use a live model

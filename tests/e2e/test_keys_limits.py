@@ -92,9 +92,7 @@ def test_rate_limit_headers_and_429_with_retry_after(stack: Stack) -> None:
     assert 1 <= int(resp.headers["retry-after"]) <= 60
     assert "requests per minute" in resp.json()["error"]["message"]
     with pytest.raises(openai.RateLimitError):
-        openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0).chat.completions.create(
-            model="faregate/echo", messages=HELLO
-        )
+        stack.sdk(key).chat.completions.create(model="faregate/echo", messages=HELLO)
 
 
 async def _burst(url: str, key: str, n: int) -> list[int]:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from faregate import processes
@@ -156,7 +155,7 @@ def test_first_token_timeout_moves_on(rstack: Stack, account: tuple[str, str], f
     _, key = account
     fake_upstream.set_behavior("slow", model="rt-a", delay=FIRST_TOKEN_S + 2)
     seen = len(fake_upstream.requests)
-    client = openai.OpenAI(base_url=f"{rstack.url}/v1", api_key=key, max_retries=0)
+    client = rstack.sdk(key)
     stream = client.chat.completions.create(model="chain", messages=HELLO, stream=True)  # type: ignore[arg-type]
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text.startswith("fake reply to")
@@ -270,7 +269,7 @@ def test_auto_router(rstack: Stack, account: tuple[str, str], fake_upstream: Any
     assert cheap["primary"]["id"] == "cheapo" and [a["id"] for a in cheap["alternatives"]] == ["chain", "solo"]
 
     # "model": "auto" with a task hint, through the SDK
-    client = openai.OpenAI(base_url=f"{rstack.url}/v1", api_key=key, max_retries=0)
+    client = rstack.sdk(key)
     seen = len(fake_upstream.requests)
     done = client.chat.completions.create(model="auto", messages=HELLO, extra_body={"task": "cheap"})  # type: ignore[arg-type]
     assert done.choices[0].message.content and called(fake_upstream, seen) == ["rt-cheap"]

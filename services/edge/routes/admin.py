@@ -26,8 +26,15 @@ from services.edge.routes.responses import json_response
 
 
 def require_admin(request: Request) -> None:
-    token = bearer(request)
-    if not token or not hmac.compare_digest(token.encode(), edge(request).admin_token.encode()):
+    ctx = edge(request)
+    address = ctx.client_ip(request)
+    ctx.admin_failures.check(address)  # an address guessing tokens is refused before its next guess
+    try:
+        token = bearer(request)
+    except AuthenticationFailed:
+        token = ""
+    if not token or not hmac.compare_digest(token.encode(), ctx.admin_token.encode()):
+        ctx.admin_failures.failed(address)
         raise AuthenticationFailed("admin token required", code="invalid_admin_token")
 
 
@@ -43,7 +50,7 @@ B = TypeVar("B", bound=Body)
 
 async def parse(request: Request, model: type[B]) -> B:
     """The JSON body as ``model``, whatever Content-Type the client sent (curl -d sends a form type)."""
-    raw = await request.body()
+    raw = await edge(request).read_body(request)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:

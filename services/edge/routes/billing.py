@@ -38,19 +38,26 @@ def _limit(value: int) -> int:
     return value
 
 
+# the latest time a view can name: the end of year 9999, as datetime and ISO 8601 allow
+_MAX_TIME_MS = 253_402_300_799_999
+
+
 def _time(value: str, name: str) -> int:
-    """Unix seconds or ISO 8601 → Unix milliseconds."""
+    """Unix seconds or ISO 8601 → Unix milliseconds, between 1970 and the end of year 9999."""
     if not value:
         return 0
+    invalid = InvalidRequest(f"{name} must be Unix seconds or an ISO 8601 time from 1970 to 9999", param=name)
     try:
-        return int(float(value) * 1000)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(f"{name} must be Unix seconds or an ISO 8601 time", param=name) from None
-    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise invalid from None
+        seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if not 0 <= seconds * 1000 <= _MAX_TIME_MS:  # also false for nan and inf
+        raise invalid
+    return int(seconds * 1000)
 
 
 def transaction_json(e: billing_pb2.LedgerEntry) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def rate_limit_headers(caller: Caller, request_id: str) -> dict[str, str]:
 async def chat_completions(request: Request, send: Send) -> None:
     ctx = edge(request)
     request.state.request_id = request_id = new_request_id()
-    body = await request.body()
+    body = await ctx.read_body(request)
     async with ctx.gateway.admit(ctx.credentials(request), body, request_id=request_id) as admission:
         headers = rate_limit_headers(admission.caller, request_id)
         if not admission.streamed:
@@ -59,7 +59,7 @@ async def embeddings(request: Request, send: Send) -> None:
     """The same admission and funds check, one router call, metered on input tokens."""
     ctx = edge(request)
     request.state.request_id = request_id = new_request_id()
-    body = await request.body()
+    body = await ctx.read_body(request)
     gateway = ctx.gateway
     async with gateway.admit(ctx.credentials(request), body, request_id=request_id, endpoint=Endpoint.EMBEDDINGS) as a:
         answer = await a.complete()

@@ -65,10 +65,21 @@ async def create_key(request: Request) -> Response:
     return json_response({**key_json(created.key), "key": created.secret}, 201)
 
 
+async def _may_change(request: Request, me: auth_pb2.AuthenticateResponse, key_id: str) -> None:
+    """A test key may change (revoke, re-route) test keys only, never the account's live ones;
+    a key that is not the account's is left for auth to answer 404."""
+    if KeyMode.from_pb(me.mode) is not KeyMode.TEST:
+        return
+    reply = await unary(edge(request).clients.auth.ListKeys, auth_pb2.ListKeysRequest(account_id=me.account_id))
+    if any(k.id == key_id and KeyMode.from_pb(k.mode) is KeyMode.LIVE for k in reply.keys):
+        raise ContentPolicy("a test key can only change test keys", code="test_key_cannot_change_live_key")
+
+
 @router.patch("/{key_id}")
 async def update_key(request: Request, key_id: str) -> Response:
     """An account changes its own key's routing mode (limits are the operator's)."""
     me = await caller(request)
+    await _may_change(request, me, key_id)
     body = await parse(request, KeyRouting)
     routing = await body.routing(request)
     if routing is None:
@@ -82,6 +93,7 @@ async def update_key(request: Request, key_id: str) -> Response:
 @router.delete("/{key_id}")
 async def revoke_key(request: Request, key_id: str) -> Response:
     me = await caller(request)
+    await _may_change(request, me, key_id)
     revoked = await unary(
         edge(request).clients.auth.RevokeKey, auth_pb2.RevokeKeyRequest(account_id=me.account_id, key_id=key_id)
     )

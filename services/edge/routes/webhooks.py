@@ -9,7 +9,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from faregate.errors import PayloadTooLarge
 from faregate.pb.billing.v1 import billing_pb2
 from services.edge.clients import unary
 from services.edge.context import edge
@@ -21,9 +20,7 @@ router = APIRouter()
 @router.post("/webhooks/stripe")
 async def stripe_webhook(request: Request) -> Response:
     ctx = edge(request)
-    raw = await request.body()
-    if len(raw) > ctx.settings.max_body_bytes:
-        raise PayloadTooLarge(f"request body is over {ctx.settings.max_body_bytes} bytes")
+    raw = await ctx.read_body(request)
     outcome = await unary(
         ctx.clients.billing.HandleStripeWebhook,
         billing_pb2.StripeWebhookRequest(payload=raw, signature=request.headers.get("stripe-signature", "")),

@@ -101,3 +101,31 @@ async def test_bad_view_arguments_are_refused(sessions: async_sessionmaker[Any])
             await views.requests_page("acc_x", 5, bad)
         with pytest.raises(InvalidRequest):
             await views.ledger_page("acc_x", 5, bad)
+
+
+@pytest.mark.parametrize("cursor", ["99999999999999999999", "-1", "9223372036854775808"])
+async def test_a_ledger_cursor_out_of_range_is_invalid_not_a_crash(
+    sessions: async_sessionmaker[Any], cursor: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        await Views(sessions).ledger_page(f"acc_{secrets.token_hex(6)}", 10, cursor)
+    assert info.value.param == "cursor"
+
+
+async def test_a_request_cursor_out_of_range_is_invalid_not_a_crash(sessions: async_sessionmaker[Any]) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        await Views(sessions).requests_page(f"acc_{secrets.token_hex(6)}", 10, "99999999999999999999:x")
+    assert info.value.param == "cursor"
+
+
+async def test_requests_never_billed_show_no_cost(sessions: async_sessionmaker[Any]) -> None:
+    acc = f"acc_{secrets.token_hex(6)}"
+    billed = record(acc, 5, model="billed")
+    unbilled = record(acc, 7, model="unbilled")
+    unbilled.billable = False  # a test key's request: its would-be cost is never charged
+    await Ledger(sessions).apply_usage([billed, unbilled])
+    views = Views(sessions)
+    rows, _ = await views.requests_page(acc, 10, "")
+    assert {r["model"]: r["cost_micros"] for r in rows} == {"billed": 15, "unbilled": 0}
+    groups = await views.usage(acc, 0, 0, "model")
+    assert {g["group"]: g["cost_micros"] for g in groups} == {"billed": 15, "unbilled": 0}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from starlette.requests import Request
 
+from faregate.errors import AuthenticationFailed
 from faregate.settings import EdgeSettings
 from services.edge.context import EdgeContext, bearer, parse_networks
 
@@ -45,8 +47,9 @@ def test_forwarded_for_is_believed_only_from_a_trusted_proxy() -> None:
 def test_bearer_distinguishes_no_header_from_a_bad_one() -> None:
     assert bearer(request("1.2.3.4", {})) == ""  # a guest
     assert bearer(request("1.2.3.4", {"Authorization": "Bearer gw_live_x"})) == "gw_live_x"
-    assert bearer(request("1.2.3.4", {"Authorization": "Basic abc"})) == "Basic abc"  # refused by auth
-    assert bearer(request("1.2.3.4", {"Authorization": "Bearer "})) != ""
+    for header in ("Basic abc", "Bearer ", "gw_live_" + "A" * 32, ""):  # a bare key is no Bearer either
+        with pytest.raises(AuthenticationFailed):
+            bearer(request("1.2.3.4", {"Authorization": header}))
 
 
 def test_a_path_prefix_is_believed_only_from_a_trusted_proxy() -> None:
