@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from faregate.errors import AuthenticationFailed, InvalidRequest, NotFound, RateLimited, Reason
+from faregate.errors import AuthenticationFailed, InvalidRequest, NotFound, RateLimited, RateWindow, Reason
 from faregate.values import KeyMode, KeyStatus, RoutingMode
 from services.auth import keys
 from services.auth.limits import (
@@ -211,31 +211,8 @@ class Authenticator:
             )
         )
         reset_at = int(now) - int(now) % 60 + 60
-        whose = "from this address in the guest sandbox" if guest else "for this key"
-        if refused == "rpm":
-            raise RateLimited(
-                f"rate limit exceeded: {limits.rpm} requests per minute {whose}",
-                reason=Reason.RPM_EXCEEDED,
-                retry_after=max(1, reset_at - int(now)),
-            )
-        if refused == "requests_per_day":
-            raise RateLimited(
-                f"daily limit reached: {limits.requests_per_day} requests per UTC day {whose}",
-                reason=Reason.DAILY_REQUESTS_EXCEEDED,
-                retry_after=seconds_to_utc_midnight(now),
-            )
-        if refused == "tokens_per_day":
-            raise RateLimited(
-                f"daily limit reached: {limits.tokens_per_day} tokens per UTC day {whose}",
-                reason=Reason.DAILY_TOKENS_EXCEEDED,
-                retry_after=seconds_to_utc_midnight(now),
-            )
-        if refused == "concurrency":
-            raise RateLimited(
-                f"concurrency limit reached: {limits.concurrency} requests in flight {whose}",
-                reason=Reason.CONCURRENCY_EXCEEDED,
-                retry_after=1,
-            )
+        if refused is not None:
+            raise _refusal(refused, limits, now, rpm, guest=guest)
         window = Window(limits.rpm, limits.rpm - rpm, reset_at) if limits.rpm is not None else None
         valid_ms = int(min(self._grant_s, reset_at - now) * 1000)
         if not granted or valid_ms <= 0:
@@ -276,12 +253,13 @@ class Authenticator:
 
     async def _count_bad_key(self, client_ip: str) -> None:
         """Cap the work a client can cause with bad keys: after a burst, no more lookups."""
-        minute = int(self._clock()) // 60
-        if await self._counters.take(f"badkey:{client_ip}:{minute}", BAD_KEYS_PER_IP_PER_MINUTE, 61) < 0:
+        now = int(self._clock())
+        if await self._counters.take(f"badkey:{client_ip}:{now // 60}", BAD_KEYS_PER_IP_PER_MINUTE, 61) < 0:
             raise RateLimited(
                 "too many failed authentications from this address",
                 reason=Reason.AUTH_FAILURES,
-                retry_after=60 - int(self._clock()) % 60,
+                retry_after=60 - now % 60,
+                window=RateWindow(BAD_KEYS_PER_IP_PER_MINUTE, 0, now - now % 60 + 60),
             )
 
     async def _lookup(self, digest: bytes) -> KeyRow | None:
@@ -407,6 +385,42 @@ def _grant_size(wanted: int, limits: Limits) -> int:
     if limits.concurrency is not None and limits.concurrency // 2 == 0:
         return 0  # a key allowed one request at a time has no slots to spare
     return size
+
+
+def _refusal(refused: str, limits: Limits, now: float, rpm: int, *, guest: bool) -> RateLimited:
+    """The 429 for the limit that refused, with the window its X-RateLimit-* headers show:
+    the refusing window for requests per minute or per day, else the minute's as counted."""
+    whose = "from this address in the guest sandbox" if guest else "for this key"
+    reset_at = int(now) - int(now) % 60 + 60
+    minute = RateWindow(limits.rpm, max(limits.rpm - rpm, 0), reset_at) if limits.rpm is not None else None
+    midnight = int(now) + seconds_to_utc_midnight(now)
+    if refused == "rpm":
+        return RateLimited(
+            f"rate limit exceeded: {limits.rpm} requests per minute {whose}",
+            reason=Reason.RPM_EXCEEDED,
+            retry_after=max(1, reset_at - int(now)),
+            window=RateWindow(limits.rpm or 0, 0, reset_at),
+        )
+    if refused == "requests_per_day":
+        return RateLimited(
+            f"daily limit reached: {limits.requests_per_day} requests per UTC day {whose}",
+            reason=Reason.DAILY_REQUESTS_EXCEEDED,
+            retry_after=seconds_to_utc_midnight(now),
+            window=RateWindow(limits.requests_per_day or 0, 0, midnight),
+        )
+    if refused == "tokens_per_day":
+        return RateLimited(
+            f"daily limit reached: {limits.tokens_per_day} tokens per UTC day {whose}",
+            reason=Reason.DAILY_TOKENS_EXCEEDED,
+            retry_after=seconds_to_utc_midnight(now),
+            window=minute,
+        )
+    return RateLimited(
+        f"concurrency limit reached: {limits.concurrency} requests in flight {whose}",
+        reason=Reason.CONCURRENCY_EXCEEDED,
+        retry_after=1,
+        window=minute,
+    )
 
 
 def _slot_bucket(key_id: str) -> str:
