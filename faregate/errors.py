@@ -18,7 +18,7 @@
     │   └── UnsupportedRegion       403  unsupported_region     PERMISSION_DENIED
     ├── NotFound                    404  not_found              NOT_FOUND
     │   └── ModelNotFound           404  not_found              NOT_FOUND           model_not_found
-    ├── RateLimited                 429  rate_limited           RESOURCE_EXHAUSTED  Retry-After
+    ├── RateLimited                 429  rate_limited           RESOURCE_EXHAUSTED  Retry-After, X-RateLimit-*
     ├── UpstreamError               502  backend_unavailable    UNAVAILABLE
     │   └── UpstreamTimeout         502  backend_unavailable    DEADLINE_EXCEEDED
     └── ServiceUnavailable          503  providers_unavailable  UNAVAILABLE         Retry-After
@@ -217,12 +217,33 @@ class ModelNotFound(NotFound):
     default_code = "model_not_found"
 
 
+@dataclass(frozen=True, slots=True)
+class RateWindow:
+    """The window a 429 is about, shown as its X-RateLimit-* headers."""
+
+    limit: int
+    remaining: int
+    reset_at: int  # Unix seconds
+
+
 class RateLimited(FaregateError):
     http_status = 429
     type = "rate_limited"
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     kind = errors_pb2.ERROR_KIND_RATE_LIMITED
     default_retry_after = 1.0
+
+    def __init__(self, message: str, *, window: RateWindow | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.window = window
+
+    def headers(self) -> dict[str, str]:
+        headers = super().headers()
+        if (w := self.window) is not None:
+            headers["X-RateLimit-Limit"] = str(w.limit)
+            headers["X-RateLimit-Remaining"] = str(w.remaining)
+            headers["X-RateLimit-Reset"] = str(w.reset_at)
+        return headers
 
 
 class UpstreamError(FaregateError):
@@ -304,6 +325,9 @@ def status_of(exc: BaseException, where: str = "a call") -> Status:
     )
     if exc.retry_after is not None:
         detail.retry_after_s = exc.retry_after
+    if isinstance(exc, RateLimited) and (w := exc.window) is not None:
+        window = detail.rate_limit
+        window.limit, window.remaining, window.reset_at = w.limit, w.remaining, w.reset_at
     return Status(exc.grpc_code, exc.message, detail)
 
 
@@ -317,12 +341,17 @@ def error_of(status: Status) -> FaregateError:
         reason = Reason(detail.reason)
     except ValueError:  # a newer peer's reason: the code it sent still says it to the client
         reason = Reason.UNSPECIFIED
+    extra: dict[str, Any] = {}
+    if issubclass(cls, RateLimited) and detail.HasField("rate_limit"):
+        w = detail.rate_limit
+        extra["window"] = RateWindow(w.limit, w.remaining, w.reset_at)
     return cls(
         status.message,
         code=detail.code or None,
         param=detail.param or None,
         retry_after=detail.retry_after_s if detail.HasField("retry_after_s") else None,
         reason=reason,
+        **extra,
     )
 
 

@@ -70,7 +70,7 @@ class AuthSettings(DatabaseSettings):
     slot_lease_seconds: float = Field(default=60.0, gt=0)  # a concurrency slot not renewed expires
     # how long a replica trusts its cached copy of a key; revocations and changes also reach
     # every replica at once over NATS (faregate.keys.changed), so this bounds a lost message
-    key_cache_seconds: float = Field(default=10.0, ge=0)
+    key_cache_seconds: float = Field(default=0.9, ge=0)  # ≤ 0.9 keeps revocation within 1 s (ADR 16)
 
     def hmac_key(self) -> bytes:
         return self.secret("key_secret", self.key_secret).get_secret_value().encode()

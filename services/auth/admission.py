@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from faregate.errors import AuthenticationFailed, InvalidRequest, NotFound, RateLimited, Reason
+from faregate.errors import AuthenticationFailed, InvalidRequest, NotFound, RateLimited, RateWindow, Reason
 from faregate.values import KeyMode, KeyStatus, RoutingMode
 from services.auth import keys
 from services.auth.limits import (
@@ -37,7 +37,12 @@ _RETURN_MEMORY_S = 180  # a grant's return arrives within its minute window or i
 GRANT_S = 1.0  # default FAREGATE_GRANT_SECONDS: how long an edge may spend a grant (ADR 11)
 GRANT_MAX = 1_000  # admissions in one grant
 GRANT_SHARE = 8  # a grant holds at most 1/8 of a window's requests, half of the concurrency
-CACHE_TTL_S = 10.0  # default FAREGATE_KEY_CACHE_SECONDS: how stale a replica may be if a change message is lost
+# How stale a replica's copy of a key may be when a change message is lost (default
+# FAREGATE_KEY_CACHE_SECONDS); a grant never outlives the copy it was counted on, so with
+# the transit allowance a revoked or expired key is refused everywhere within the bound.
+CACHE_TTL_S = 0.9
+TRANSIT_S = 0.1  # a grant's reply reaching its edge, which starts the grant's life then
+REVOCATION_BOUND_S = 1.0
 GUEST_ACCOUNT = "acc_guest"
 BAD_KEYS_PER_IP_PER_MINUTE = 60
 
@@ -107,6 +112,8 @@ class Authenticator:
         slot_lease: float = 60.0,
         grant_s: float = GRANT_S,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._store = store
         self._hasher = hasher
@@ -116,6 +123,8 @@ class Authenticator:
         self.slot_lease = slot_lease
         self._grant_s = grant_s
         self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._cache: dict[bytes, tuple[float, KeyRow | None]] = {}
         self._last_used: dict[str, int] = {}
         # tells the other replicas a key changed (auth's server wires it to NATS KEYS_CHANGED)
@@ -163,7 +172,9 @@ class Authenticator:
             tokens_per_day=key.tokens_per_day_limit,
             concurrency=key.concurrency_limit,
         )
-        slot, window, granted = await self._decide(key.id, limits, _slot_bucket(key.id), grant, grant_slots)
+        slot, window, granted = await self._decide(
+            key.id, limits, _slot_bucket(key.id), grant, grant_slots, grant_until=self._trusted_until(presented, key)
+        )
         self._last_used[key.id] = now_ms()
         return Admission(
             key.account_id,
@@ -186,6 +197,7 @@ class Authenticator:
         grant_slots: int = 0,
         *,
         guest: bool = False,
+        grant_until: float | None = None,
     ) -> tuple[str, Window | None, Grant | None]:
         """Every limit in one atomic step (one Redis round trip); nothing is counted if refused."""
         now = self._clock()
@@ -211,36 +223,27 @@ class Authenticator:
             )
         )
         reset_at = int(now) - int(now) % 60 + 60
-        whose = "from this address in the guest sandbox" if guest else "for this key"
-        if refused == "rpm":
-            raise RateLimited(
-                f"rate limit exceeded: {limits.rpm} requests per minute {whose}",
-                reason=Reason.RPM_EXCEEDED,
-                retry_after=max(1, reset_at - int(now)),
-            )
-        if refused == "requests_per_day":
-            raise RateLimited(
-                f"daily limit reached: {limits.requests_per_day} requests per UTC day {whose}",
-                reason=Reason.DAILY_REQUESTS_EXCEEDED,
-                retry_after=seconds_to_utc_midnight(now),
-            )
-        if refused == "tokens_per_day":
-            raise RateLimited(
-                f"daily limit reached: {limits.tokens_per_day} tokens per UTC day {whose}",
-                reason=Reason.DAILY_TOKENS_EXCEEDED,
-                retry_after=seconds_to_utc_midnight(now),
-            )
-        if refused == "concurrency":
-            raise RateLimited(
-                f"concurrency limit reached: {limits.concurrency} requests in flight {whose}",
-                reason=Reason.CONCURRENCY_EXCEEDED,
-                retry_after=1,
-            )
+        if refused is not None:
+            raise _refusal(refused, limits, now, rpm, guest=guest)
         window = Window(limits.rpm, limits.rpm - rpm, reset_at) if limits.rpm is not None else None
-        valid_ms = int(min(self._grant_s, reset_at - now) * 1000)
+        life = min(self._grant_s, reset_at - now)
+        if grant_until is not None:  # never past the key's cached copy, nor its expiry
+            life = min(life, grant_until - now)
+        valid_ms = int(life * 1000)
         if not granted or valid_ms <= 0:
             return slot, window, None
         return slot, window, Grant(granted, extra[:slots], valid_ms, reset_at - 60, f"gr_{secrets.token_hex(8)}")
+
+    def _trusted_until(self, presented: str, key: KeyRow) -> float:
+        """Until when (this clock) a grant of ``key`` may be spent: while this replica's copy
+        of the key is fresh, less a reply's transit, and never past the key's expiry (ADR 16)."""
+        cached = self._cache.get(self._hasher.digest(presented))
+        now = self._clock()
+        fresh = self._cache_ttl if cached is None else cached[0] - self._monotonic()
+        until = now + fresh - TRANSIT_S
+        if key.expires_at_ms is not None:
+            until = min(until, key.expires_at_ms / 1000)
+        return until
 
     async def refund(self, key_id: str, unused: int, window: int, grant_id: str = "") -> None:
         """An ended grant's admissions that were never spent go back to their minute window
@@ -276,16 +279,17 @@ class Authenticator:
 
     async def _count_bad_key(self, client_ip: str) -> None:
         """Cap the work a client can cause with bad keys: after a burst, no more lookups."""
-        minute = int(self._clock()) // 60
-        if await self._counters.take(f"badkey:{client_ip}:{minute}", BAD_KEYS_PER_IP_PER_MINUTE, 61) < 0:
+        now = int(self._clock())
+        if await self._counters.take(f"badkey:{client_ip}:{now // 60}", BAD_KEYS_PER_IP_PER_MINUTE, 61) < 0:
             raise RateLimited(
                 "too many failed authentications from this address",
                 reason=Reason.AUTH_FAILURES,
-                retry_after=60 - int(self._clock()) % 60,
+                retry_after=60 - now % 60,
+                window=RateWindow(BAD_KEYS_PER_IP_PER_MINUTE, 0, now - now % 60 + 60),
             )
 
     async def _lookup(self, digest: bytes) -> KeyRow | None:
-        now = time.monotonic()
+        now = self._monotonic()
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
@@ -348,11 +352,22 @@ class Authenticator:
         return await self._store.list_keys(account_id)
 
     async def revoke_key(self, account_id: str, key_id: str) -> KeyRow:
+        """Revoke, and answer once every replica and every edge refuses the key: the change
+        message may be lost, so this waits out the longest a cached copy (and a grant counted
+        on it) can live. With a key cache longer than the bound it cannot: it answers at once
+        and the message on NATS is what stops the others (``revocation_bounded`` says which)."""
         row = await self._store.revoke_key(account_id, key_id)
         if row is None:
             raise NotFound(f"no key {key_id!r}", code="key_not_found")
         await self._changed(key_id)
+        if self.revocation_bounded:
+            await self._sleep(self._cache_ttl + TRANSIT_S)
         return row
+
+    @property
+    def revocation_bounded(self) -> bool:
+        """Whether a revocation answered here is refused everywhere (with the same settings)."""
+        return self._cache_ttl + TRANSIT_S <= REVOCATION_BOUND_S
 
     async def update_key(
         self,
@@ -407,6 +422,42 @@ def _grant_size(wanted: int, limits: Limits) -> int:
     if limits.concurrency is not None and limits.concurrency // 2 == 0:
         return 0  # a key allowed one request at a time has no slots to spare
     return size
+
+
+def _refusal(refused: str, limits: Limits, now: float, rpm: int, *, guest: bool) -> RateLimited:
+    """The 429 for the limit that refused, with the window its X-RateLimit-* headers show:
+    the refusing window for requests per minute or per day, else the minute's as counted."""
+    whose = "from this address in the guest sandbox" if guest else "for this key"
+    reset_at = int(now) - int(now) % 60 + 60
+    minute = RateWindow(limits.rpm, max(limits.rpm - rpm, 0), reset_at) if limits.rpm is not None else None
+    midnight = int(now) + seconds_to_utc_midnight(now)
+    if refused == "rpm":
+        return RateLimited(
+            f"rate limit exceeded: {limits.rpm} requests per minute {whose}",
+            reason=Reason.RPM_EXCEEDED,
+            retry_after=max(1, reset_at - int(now)),
+            window=RateWindow(limits.rpm or 0, 0, reset_at),
+        )
+    if refused == "requests_per_day":
+        return RateLimited(
+            f"daily limit reached: {limits.requests_per_day} requests per UTC day {whose}",
+            reason=Reason.DAILY_REQUESTS_EXCEEDED,
+            retry_after=seconds_to_utc_midnight(now),
+            window=RateWindow(limits.requests_per_day or 0, 0, midnight),
+        )
+    if refused == "tokens_per_day":
+        return RateLimited(
+            f"daily limit reached: {limits.tokens_per_day} tokens per UTC day {whose}",
+            reason=Reason.DAILY_TOKENS_EXCEEDED,
+            retry_after=seconds_to_utc_midnight(now),
+            window=minute,
+        )
+    return RateLimited(
+        f"concurrency limit reached: {limits.concurrency} requests in flight {whose}",
+        reason=Reason.CONCURRENCY_EXCEEDED,
+        retry_after=1,
+        window=minute,
+    )
 
 
 def _slot_bucket(key_id: str) -> str:

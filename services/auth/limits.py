@@ -3,7 +3,8 @@
 A plan sets requests per minute (RPM), requests per UTC day, tokens per UTC day and a
 concurrency ceiling; a key may override any of them. Counters live in Redis when
 FAREGATE_REDIS_URL is set (one Lua script per decision, so replicas share them and
-concurrent requests cannot both take the last unit) and in process otherwise (one replica).
+concurrent requests cannot both take the last unit) and in process otherwise (one replica),
+journaled to auth's database so that a restart keeps them (services/auth/journal.py, ADR 16).
 
 Windows are fixed and aligned to wall-clock time (minutes, UTC days). A concurrency slot is
 a lease: it expires unless renewed, so a crashed process cannot hold a slot for ever.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
 from faregate.errors import InvalidRequest
+from services.auth.journal import CounterJournal
 
 UNLIMITED = -1
 
@@ -135,7 +137,9 @@ class Counters(ABC):
         """Count one unit if fewer than ``limit`` are counted; the new count, or -1 if full."""
 
     @abstractmethod
-    async def add(self, bucket: str, amount: int, ttl: int) -> None: ...
+    async def add(self, bucket: str, amount: int, ttl: int) -> None:
+        """Count ``amount`` more: for counts the caller rebuilds itself after a restart
+        (tokens, from the usage stream), so the in-process backend does not journal them."""
 
     @abstractmethod
     async def get(self, bucket: str) -> int: ...
@@ -155,7 +159,29 @@ class Counters(ABC):
 
 
 class LocalCounters(Counters):
-    """In-process counters: correct for a single auth replica."""
+    """In-process counters: correct for a single auth replica. With a journal, every change
+    of a request count or slot is written to the database before the decision returns
+    (slot releases and renewals without waiting), and ``restored`` rebuilds them at start."""
+
+    def __init__(self, clock: Any = time.time, journal: CounterJournal | None = None) -> None:
+        self._clock = clock
+        self._journal = journal
+        self._counts: dict[str, tuple[int, float]] = {}  # bucket -> (count, expires_at)
+        self._slots: dict[str, dict[str, float]] = {}  # bucket -> slot -> expires_at
+
+    @classmethod
+    async def restored(cls, journal: CounterJournal, clock: Any = time.time) -> LocalCounters:
+        counters = cls(clock, journal)
+        counters._counts, counters._slots = await journal.load()
+        return counters
+
+    async def _durable(self) -> None:
+        if self._journal is not None:
+            await self._journal.durable()
+
+    def _note_slot(self, bucket: str, slot: str, expires_at: float | None) -> None:
+        if self._journal is not None:
+            self._journal.slot(bucket, slot, expires_at)
 
     async def admit(self, check: AdmitCheck) -> Decision:
         rpm_b, rpd_b, tpd_b, conc_b = check.buckets()
@@ -182,6 +208,7 @@ class LocalCounters(Counters):
             wanted = (check.slot, *check.grant_slots)[: check.concurrency - len(held)]
             for slot in wanted:
                 held[slot] = now + check.lease
+                self._note_slot(conc_b, slot, now + check.lease)
             slots = len(wanted) - 1
             if not slots:
                 n = 1  # no slot to spend them with: a grant would be of no use
@@ -189,18 +216,19 @@ class LocalCounters(Counters):
             rpm = self._count(rpm_b, n, 61)
         if check.requests_per_day is not None:
             self._count(rpd_b, n, seconds_to_utc_midnight(check.now) + 60)
+        await self._durable()  # the answer leaves only once its counts are on disk
         return Decision(None, rpm, n - 1, slots)
 
-    def _count(self, bucket: str, n: int, ttl: int) -> int:
+    def _count(self, bucket: str, n: int, ttl: int, *, journaled: bool = True) -> int:
         count = self._live(bucket) + n
-        self._counts[bucket] = (count, self._counts.get(bucket, (0, self._clock() + ttl))[1])
-        self._sweep()
+        self._set(bucket, count, self._counts.get(bucket, (0, self._clock() + ttl))[1], journaled=journaled)
         return count
 
-    def __init__(self, clock: Any = time.time) -> None:
-        self._clock = clock
-        self._counts: dict[str, tuple[int, float]] = {}  # bucket -> (count, expires_at)
-        self._slots: dict[str, dict[str, float]] = {}  # bucket -> slot -> expires_at
+    def _set(self, bucket: str, count: int, expires_at: float, *, journaled: bool = True) -> None:
+        self._counts[bucket] = (count, expires_at)
+        if journaled and self._journal is not None:
+            self._journal.count(bucket, count, expires_at)
+        self._sweep()
 
     def _live(self, bucket: str) -> int:
         count, expires = self._counts.get(bucket, (0, 0.0))
@@ -218,35 +246,39 @@ class LocalCounters(Counters):
         count = self._live(bucket)
         if count >= limit:
             return -1
-        expires = self._counts.get(bucket, (0, self._clock() + ttl))[1]
-        self._counts[bucket] = (count + 1, expires)
-        self._sweep()
-        return count + 1
+        count = self._count(bucket, 1, ttl)
+        await self._durable()
+        return count
 
     async def add(self, bucket: str, amount: int, ttl: int) -> None:
-        count = self._live(bucket)
-        expires = self._counts.get(bucket, (0, self._clock() + ttl))[1]
-        self._counts[bucket] = (count + amount, expires)
+        self._count(bucket, amount, ttl, journaled=False)
 
     async def get(self, bucket: str) -> int:
         return self._live(bucket)
 
     async def refund(self, bucket: str, amount: int) -> None:
+        # written with the next batch, not waited for: a refund lost in a crash only refuses more
         count = self._live(bucket)
         if count:
-            self._counts[bucket] = (max(count - amount, 0), self._counts[bucket][1])
+            self._set(bucket, max(count - amount, 0), self._counts[bucket][1])
 
     async def renew(self, bucket: str, slot: str, lease: float, now: float) -> None:
         slots = self._slots.get(bucket, {})
         if slot in slots:
             slots[slot] = now + lease
+            self._note_slot(bucket, slot, now + lease)
 
     async def release(self, bucket: str, slot: str) -> None:
         slots = self._slots.get(bucket)
         if slots is not None:
-            slots.pop(slot, None)
+            if slots.pop(slot, None) is not None:
+                self._note_slot(bucket, slot, None)
             if not slots:
                 self._slots.pop(bucket, None)
+
+    async def close(self) -> None:
+        if self._journal is not None:
+            await self._journal.close()
 
 
 _TAKE = """

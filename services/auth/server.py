@@ -16,6 +16,7 @@ from faregate.pb.auth.v1 import auth_pb2, auth_pb2_grpc
 from faregate.runtime import Step, Supervisor, run_until_stopped
 from faregate.settings import AuthSettings
 from services.auth.admission import Authenticator
+from services.auth.journal import CounterJournal
 from services.auth.keys import KeyHasher
 from services.auth.limits import Counters, LocalCounters, Plans, RedisCounters
 from services.auth.servicer import AuthServicer
@@ -29,11 +30,14 @@ async def serve(settings: AuthSettings) -> None:
     url = settings.database_url_for("auth")
     await db.upgrade_async("auth", url)
     engine = db.make_engine(url)
+    sessions = db.make_sessionmaker(engine)
     counters: Counters = (
-        RedisCounters.from_url(settings.redis_url, settings.redis_prefix) if settings.redis_url else LocalCounters()
+        RedisCounters.from_url(settings.redis_url, settings.redis_prefix)
+        if settings.redis_url
+        else await LocalCounters.restored(CounterJournal(sessions))  # ADR 16
     )
     auth = Authenticator(
-        AuthStore(db.make_sessionmaker(engine)),
+        AuthStore(sessions),
         KeyHasher(settings.hmac_key()),
         counters,
         Plans.from_json(settings.plans),
@@ -53,7 +57,7 @@ async def serve(settings: AuthSettings) -> None:
             nc.jetstream(), stream, auth, durable=bool(settings.redis_url), fill_wait=settings.usage_batch_wait
         )
         # tokens per day are enforced only while it counts: auth is not serving without it
-        supervisor.add("usage-follower", follower.run, ready=lambda: nc.is_connected and follower.connected)
+        supervisor.add("usage-follower", follower.run, ready=lambda: nc.is_connected and follower.ready)
         supervisor.add(
             "key-changes", lambda: _follow_key_changes(nc, auth), required=False, ready=lambda: nc.is_connected
         )

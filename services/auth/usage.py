@@ -44,7 +44,8 @@ class UsageFollower:
         # (stream sequence, records of it counted) of a message whose counting failed part-way:
         # its redelivery skips those, so no record of a batch message is counted twice
         self._partial: tuple[int, int] = (0, 0)
-        self.connected = False  # the last fetch reached NATS (the component's readiness)
+        self.connected = False  # the last fetch reached NATS
+        self._behind = 0  # without Redis: records pending at start, not yet counted
 
     def _config(self) -> ConsumerConfig:
         if self._durable:
@@ -78,6 +79,8 @@ class UsageFollower:
             stream=self._stream.name,
             config=self._config(),
         )
+        if not self._durable:  # today's tokens are rebuilt before auth says it is serving
+            self._behind = (await sub.consumer_info()).num_pending or 0
         try:
             batches = pull_batches(sub, 500, fill_wait=self._fill_wait, reached=self._reached)
             async with contextlib.aclosing(batches):
@@ -88,6 +91,12 @@ class UsageFollower:
 
     def _reached(self, ok: bool) -> None:
         self.connected = ok
+
+    @property
+    def ready(self) -> bool:
+        """The component's readiness: NATS reached and, without Redis, today's records that
+        were in the stream at start counted (so a restart cannot admit past tokens per day)."""
+        return self.connected and self._behind <= 0
 
     async def _count(self, msgs: list[Msg]) -> None:
         for i, msg in enumerate(msgs):
@@ -103,6 +112,7 @@ class UsageFollower:
                 await msg.ack()
             else:
                 self._counted_seq = msg.metadata.sequence.stream
+                self._behind -= 1
         if msgs and not self._durable:
             await msgs[-1].ack()  # AckPolicy.ALL: the whole batch
 

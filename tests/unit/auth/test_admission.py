@@ -21,9 +21,14 @@ class Clock:
 
     def __init__(self) -> None:
         self.now = 1_800_000_010.0  # 10 s into a minute
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept.append(seconds)
 
 
 @pytest.fixture
@@ -37,7 +42,9 @@ async def auth(tmp_path: Path, clock: Clock) -> AsyncIterator[Authenticator]:
     await db.upgrade_async("auth", url)
     engine = db.make_engine(url)
     store = AuthStore(db.make_sessionmaker(engine))
-    yield Authenticator(store, KeyHasher(b"k" * 32), LocalCounters(clock), cache_ttl=0, clock=clock)
+    yield Authenticator(
+        store, KeyHasher(b"k" * 32), LocalCounters(clock), clock=clock, monotonic=clock, sleep=clock.sleep
+    )
     await engine.dispose()
 
 
