@@ -178,6 +178,12 @@ def _reconcile(setup: Setup, load: Load, faults: list[Fault], books: Books, serv
             mispriced += entry[1] != token_cost(u["prompt_tokens"], u["completion_tokens"], *MODELS[reply.model])
     if mispriced:
         notes.append(f"{mispriced} answered requests charged other than their upstream usage's price")
+    lost = answered.keys() - books.usage.keys()
+    if lost:  # each lost answer put down to the first fault after it
+        causes = Counter(
+            next((f.target for f in faults if f.at >= answered[rid].ended), "no later fault") for rid in lost
+        )
+        notes.append("lost answers by the next fault after them: " + ", ".join(f"{t} {n}" for t, n in causes.items()))
     unanswered_metered = len(books.usage.keys() - answered.keys())
     notes.append(
         f"{unanswered_metered} metered without a complete answer (cut or failed on the client's side); "
@@ -189,7 +195,7 @@ def _reconcile(setup: Setup, load: Load, faults: list[Fault], books: Books, serv
         served=len(served),
         answered=len(answered),
         metered=len(answered.keys() & books.usage.keys()),
-        lost=sorted(answered.keys() - books.usage.keys()),
+        lost=sorted(lost),
         doubled=sorted(rid for rid, (n, _) in books.usage.items() if n > 1),
         overdraft=max(0, -lowest) / max(1, load.worst_case_micros),
         recover_s=max(recoveries) if recoveries else None,
