@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -64,10 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"  {row.setup}: doubled request ids (first 10): {', '.join(row.doubled[:10])}")
     for line in skipped:
         _say(f"  {line}")
-    _say(f"  stacks' logs under {base}" if args.keep else "")
-    if not args.keep:
-        import shutil
-
+    if args.keep:
+        _say(f"  stacks' logs under {base}")
+    else:
         shutil.rmtree(base, ignore_errors=True)
     return 1 if any(r.failed for r in rows) else 0
 
