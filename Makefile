@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PROTOS  := $(shell find protos -name '*.proto')
 PB      := faregate/pb/.generated
 
-.PHONY: setup proto run test test-infra check lint bench clean
+.PHONY: setup proto run test test-infra check lint bench faults clean
 
 setup: $(STAMP) $(PB)
 
@@ -52,6 +52,11 @@ check: lint test
 bench: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
+
+## make faults: the fault drill (tests/drill): kills under load, then the reconciliation table
+## (FAREGATE_DRILL_SEED replays a run; DRILL_ARGS, e.g. --setups embedded, passes options)
+faults: setup
+	$(BIN)/python -m tests.drill $(DRILL_ARGS)
 
 clean:
 	rm -rf $(VENV) faregate/pb/*/ $(PB) .pytest_cache .mypy_cache .ruff_cache

@@ -162,6 +162,10 @@ class FakeUpstream:
     ) -> None:
         self.host, self.port, self.api_key, self.models = host, port, api_key, models
         self.requests: list[dict[str, Any]] = []  # {"method", "path", "headers", "body"}, in arrival order
+        # Every answer the fake served, in order: {"n", "request_id", "prompt", "stream", "usage"}.
+        # The gateway sends no request id upstream today, so "request_id" is None and "n" (the
+        # count) with "prompt" (the last user message) identify the request (the fault drill's log).
+        self.served: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._global = Behavior()
         self._per_model: dict[str, Behavior] = {}
@@ -316,6 +320,18 @@ class FakeUpstream:
         entry = {"method": request.method, "path": request.path, "headers": dict(request.headers), "body": body}
         self.requests.append(entry)
 
+    def _log_served(self, request: web.Request, body: dict[str, Any], a: Answer) -> None:
+        last = next((m for m in reversed(body["messages"]) if isinstance(m, dict) and m.get("role") == "user"), {})
+        self.served.append(
+            {
+                "n": len(self.served) + 1,
+                "request_id": request.headers.get("X-Request-Id"),
+                "prompt": _text(last.get("content")),
+                "stream": bool(body.get("stream")),
+                "usage": {"prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens},
+            }
+        )
+
     def _authorized(self, request: web.Request, kind: Kind) -> bool:
         if self.api_key is None:
             return True
@@ -378,6 +394,7 @@ class FakeUpstream:
         if "messages" not in body:
             return _error("openai", 400, "'messages' is a required property")
         a = _answer(body, "openai")
+        self._log_served(request, body, a)
         base = {"id": f"chatcmpl-fake{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.get("model")}
         total = a.prompt_tokens + a.completion_tokens
         usage = {"prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens, "total_tokens": total}
@@ -422,6 +439,7 @@ class FakeUpstream:
         if "messages" not in body or not isinstance(body.get("max_tokens"), int):
             return _error("anthropic", 400, "messages and max_tokens are required")
         a = _answer(body, "anthropic")
+        self._log_served(request, body, a)
         stop_reason = "tool_use" if a.tool else "end_turn"
         tool_block: dict[str, Any] = {"type": "tool_use", "id": "toolu_fake1", "name": a.tool}
         message: dict[str, Any] = {"id": f"msg_fake{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant"}
