@@ -263,7 +263,12 @@ class Gateway:
 
     async def _reserve(self, account_id: str, request_id: str, amount: int) -> None:
         funds = self.grants.funds
-        funds.install(account_id, await self._billing.reserve(account_id, request_id, amount, funds.wanted(account_id)))
+        wanted = funds.wanted(account_id)  # one grant asked for per account at a time
+        try:
+            funds.install(account_id, await self._billing.reserve(account_id, request_id, amount, wanted))
+        finally:
+            if wanted:
+                funds.answered(account_id)
 
     def _drop_hold(self, request_id: str) -> None:
         self._holds.append(request_id)

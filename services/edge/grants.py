@@ -250,6 +250,7 @@ class FundsGrants(_Book[_FundsGrant]):
         self._billing = billing
         self._pending: dict[str, tuple[_FundsGrant, int]] = {}  # request id → (its grant, amount), unreported
         self._ended_ids: list[str] = []
+        self._asking: set[str] = set()  # accounts with a grant asked for and not answered yet
         self.flusher: Flusher[Report] = Flusher("funds-grant spends", REPORT_S, self._report, self._send, **flusher)
 
     def take(self, account_id: str, request_id: str, amount: int) -> bool:
@@ -264,7 +265,21 @@ class FundsGrants(_Book[_FundsGrant]):
         return True
 
     def wanted(self, account_id: str) -> int:
-        return self._rate.recent(account_id)
+        """The grant to ask billing for with a reservation: this edge's recent rate for the
+        account, or 0 while another reservation already asks for one. Concurrent asks would
+        each be granted a share of what is left (and each but the last ended only with the
+        next report), so a burst — every client retrying at once after billing restarts —
+        would hold the account's whole balance and be refused with 402. The caller calls
+        ``answered`` once billing replied when this returned more than 0."""
+        if account_id in self._asking:
+            return 0
+        wanted = self._rate.recent(account_id)
+        if wanted > 0:
+            self._asking.add(account_id)
+        return wanted
+
+    def answered(self, account_id: str) -> None:
+        self._asking.discard(account_id)
 
     def install(self, account_id: str, grant: FundsGrant | None) -> None:
         if grant is not None:
