@@ -187,3 +187,18 @@ async def test_an_edge_that_stops_gives_back_its_grants_unspent_admissions_and_f
     await releases.close()
     assert auth.returned == [GrantReturn("key_1", 4, 60)]
     assert [r.slot_id for r in auth.released] == [{"a", "b"}.difference(taken[1]).pop()]  # the one in use ends later
+
+
+def test_one_funds_grant_is_asked_for_per_account_at_a_time() -> None:
+    """A burst of reservations (every client retrying after billing restarts) must not each
+    ask billing for a share of the account's funds: until the first ask is answered, the rest
+    ask for none."""
+    funds = FundsGrants(FakeBilling(), Clock())
+    for n in range(3):
+        funds.take("acc_1", f"r{n}", 10)  # misses that make a recent rate
+    first = funds.wanted("acc_1")
+    assert first > 0
+    assert funds.wanted("acc_1") == 0 and funds.wanted("acc_1") == 0  # asked already, not answered
+    assert funds.wanted("acc_2") == 0  # another account: nothing spent there yet
+    funds.answered("acc_1")
+    assert funds.wanted("acc_1") == first  # answered: the next reservation may ask again
