@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from faregate import processes
 from faregate.pb.rpc.v1 import runtime_pb2, runtime_pb2_grpc
 from tests.conftest import fake_catalog
 from tests.harness import Infra, Stack, ledger, wait_for
+from tests.redis_server import PrivateRedis
 
 HELLO = [{"role": "user", "content": "say something long enough to count"}]
 
@@ -43,36 +43,11 @@ def component(addr: str, name: str) -> runtime_pb2.Component:
     return found
 
 
-class Redis:
-    """A private redis-server with an append-only file, so its counters survive a restart."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.port = processes.free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.home)]
-        argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        processes.wait_tcp("127.0.0.1", self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # our own process, by its PID
-            self.proc.wait(10)
-
-
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[Redis]:
+def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not on PATH: the Redis outage test needs its own Redis to stop")
-    server = Redis(tmp_path / "redis")
+    server = PrivateRedis(tmp_path / "redis")
     server.start()
     try:
         yield server
@@ -92,7 +67,7 @@ def stream_chat(stack: Stack, key: str, out: dict[str, Any], started: threading.
 
 
 def test_auth_counts_tokens_exactly_across_a_redis_outage(
-    infra: Infra, fake_upstream: Any, redis: Redis, tmp_path: Path
+    infra: Infra, fake_upstream: Any, redis: PrivateRedis, tmp_path: Path
 ) -> None:
     """A request in flight when Redis stops ends during the outage: auth's usage follower
     cannot count it, goes to BACKOFF and auth is NOT_SERVING; with Redis back on the same

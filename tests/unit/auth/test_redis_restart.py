@@ -8,48 +8,17 @@ counts survive exactly; the README says what ``everysec`` (Redis's default) may 
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from faregate import processes
 from services.auth.limits import AdmitCheck, RedisCounters
-from tests.harness import wait_for
+from tests.redis_server import PrivateRedis
 
 NOW = 1_800_000_010.0
-_ARGS = ("redis-server", "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "always", "--save", "")
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-
-
-class PrivateRedis:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.port = processes.free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [*_ARGS, "--port", str(self.port), "--dir", str(self.home)],
-            stdout=subprocess.DEVNULL,
-        )
-
-        def answers() -> bool:
-            done = subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True)
-            return done.stdout.strip() == "PONG"
-
-        wait_for(answers, what="the private redis-server")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()  # SIGKILL: no shutdown save
-        self.proc.wait()
 
 
 @pytest.fixture
@@ -59,8 +28,7 @@ def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
     try:
         yield server
     finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.kill()
+        server.kill()
 
 
 @pytest.fixture
